@@ -1,0 +1,24 @@
+"""Gymnasium environments for text generation. ``register_envs()`` runs on ``import rlhf_gym``."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+TEXTGEN_ID = "rlhf_gym/TextGen-v0"
+COMPLETION_ID = "rlhf_gym/Completion-v0"
+
+
+def register_envs() -> None:
+    """Register both environment ids with Gymnasium (idempotent)."""
+    if TEXTGEN_ID not in gym.registry:
+        gym.register(
+            id=TEXTGEN_ID,
+            entry_point="rlhf_gym.envs.textgen:TextGenEnv",
+            vector_entry_point="rlhf_gym.envs.textgen:TextGenVectorEnv",
+        )
+    if COMPLETION_ID not in gym.registry:
+        gym.register(
+            id=COMPLETION_ID,
+            entry_point="rlhf_gym.envs.completion:CompletionEnv",
+            vector_entry_point="rlhf_gym.envs.completion:CompletionVectorEnv",
+        )
