@@ -50,6 +50,15 @@ class RewardProvider:
         """One score per (prompt, completion); ``None`` where no score can be given."""
         raise NotImplementedError(f"{type(self).__name__} must implement score(prompts, completions, **row)")
 
+    def score_with_info(
+        self, prompts: list[str], completions: list[str], **row: Any
+    ) -> tuple[list[Score], dict[str, list[Any]]]:
+        """Scores plus per-sample extras (lists as long as ``prompts``) that envs put into ``info``.
+
+        Override to expose extras such as a simulated human's noiseless ground truth; the default has none.
+        """
+        return self.score(prompts, completions, **row), {}
+
     def compare(
         self, prompts: list[str], completions_a: list[str], completions_b: list[str], **row: Any
     ) -> list[Score]:
