@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from rlhf_gym.errors import RLHFGymError
+
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("rlhf_gym.train", "Train a policy with RLHF (no arguments: the offline demo)."),
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         p = sub.add_parser(name, help=help_text, description=help_text,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         module.configure_parser(p)
         p.set_defaults(_run=module.run)
     return parser
@@ -78,12 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if args.command is None:
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         parser.print_help()
         return 0
     try:
+        if getattr(args, "_accepts_extra", False):
+            return int(args._run(args, extra) or 0)
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return int(args._run(args) or 0)
+    except RLHFGymError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,194 @@
+"""The DPO adapter (Rafailov et al. 2023), as a built-in plugin: learn from preference pairs directly, no reward
+model.
+
+- **Offline**: ``dataset=`` a TRL-format preference file (``prompt``/``chosen``/``rejected``: ``.jsonl``,
+  ``.parquet``), a preference store (``.sqlite``), a ``datasets.Dataset`` or a list of dicts. Everything is
+  tokenised once; each pair's reference log-probs are computed once and cached.
+- **Online** (no dataset): each update samples ``group_size`` completions per prompt through the env, asks the
+  env's reward provider to ``compare`` every pair within a prompt's group in one batched call (this is where a
+  simulated or live human's pairwise judgement enters), and updates on the decided pairs (ties and skips dropped).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import rlhf_gym
+from rlhf_gym.config import hp
+from rlhf_gym.data import load_records, tokenize_completions
+from rlhf_gym.errors import ConfigError
+from rlhf_gym.losses import DPO_LOSS_TYPES, dpo_loss
+from rlhf_gym.online import OnlineAlgorithm, OnlineConfig
+from rlhf_gym.providers import checked_scores
+
+
+@dataclass
+class DPOConfig(OnlineConfig):
+    beta: float = hp(0.1, "DPO β: strength of the implicit KL regularisation towards the reference")
+    loss_type: str = hp("sigmoid", f"DPO loss: {', '.join(DPO_LOSS_TYPES)}")
+    label_smoothing: float = hp(0.0, "conservative DPO: assumed label-flip probability (sigmoid loss only)")
+    dataset: Any = hp(None, "offline preference pairs (.jsonl/.parquet/.sqlite path, Dataset or list); None: online")
+    batch_size: int = hp(16, "offline: pairs per update")
+    max_prompt_tokens: int = hp(64, "offline: prompts are left-truncated to this many tokens")
+    max_completion_tokens: int = hp(64, "offline: completions are truncated to this many tokens")
+    group_size: int = hp(2, "online: completions sampled per prompt; every pair within a prompt is compared")
+
+
+class DPO(OnlineAlgorithm):
+    """Direct preference optimisation, offline from a preference dataset or online from a judge's comparisons."""
+
+    Config: Any = DPOConfig
+    config: DPOConfig
+    name = "dpo"
+    needs_env = False  # offline DPO needs none; online DPO checks for one in setup()
+
+    def setup(self) -> None:
+        cfg = self.config
+        if cfg.loss_type not in DPO_LOSS_TYPES:
+            raise ConfigError(f"unknown DPO loss_type {cfg.loss_type!r}; valid: {', '.join(DPO_LOSS_TYPES)}")
+        if cfg.beta <= 0:
+            raise ConfigError(f"DPO needs beta > 0, got {cfg.beta}")
+        self.offline = cfg.dataset is not None
+        if self.offline:
+            self.reference = self.policy.reference()
+            self._setup_offline()
+            self.rollouts = None
+        else:
+            if self.env is None:
+                raise ConfigError("online DPO samples from an environment: pass env=..., or dataset=... for offline DPO")
+            if cfg.group_size < 2:
+                raise ConfigError(f"online DPO needs group_size ≥ 2 completions per prompt, got {cfg.group_size}")
+            super().setup()
+            self.reference = self.policy.reference()
+
+    # -- offline data: tokenised once, reference log-probs cached ---------------------------------------------------
+    def _setup_offline(self) -> None:
+        cfg = self.config
+        records = load_records(cfg.dataset, ("prompt", "chosen", "rejected"), what="DPO dataset")
+        pol = self.policy
+        self.prompt_ids, self.prompt_mask = pol.tokenize_prompts([r["prompt"] for r in records], cfg.max_prompt_tokens)
+        tok = dict(pad_token_id=pol.pad_token_id, eos_token_id=pol.eos_token_id)
+        self.chosen_ids, self.chosen_mask = tokenize_completions(
+            pol.tokenizer, [r["chosen"] for r in records], cfg.max_completion_tokens, **tok)
+        self.rejected_ids, self.rejected_mask = tokenize_completions(
+            pol.tokenizer, [r["rejected"] for r in records], cfg.max_completion_tokens, **tok)
+        self.ref_cache = torch.full((len(records), 2), float("nan"))
+        self.data_generator = torch.Generator().manual_seed(cfg.seed)
+        self.order = torch.randperm(len(records), generator=self.data_generator)
+        self.cursor = 0
+
+    def _next_indices(self) -> torch.Tensor:
+        n = len(self.order)
+        take = []
+        while len(take) < min(self.config.batch_size, n):
+            if self.cursor >= n:
+                self.order = torch.randperm(n, generator=self.data_generator)
+                self.cursor = 0
+            take.append(int(self.order[self.cursor]))
+            self.cursor += 1
+        return torch.tensor(take)
+
+    # -- the update -------------------------------------------------------------------------------------------------
+    def _dpo_update(self, prompt_ids, prompt_mask, chosen_ids, chosen_mask, rejected_ids, rejected_mask,
+                    ref_chosen, ref_rejected) -> dict[str, float]:
+        """One gradient step on a batch of pairs; chosen and rejected go through one batched forward."""
+        cfg = self.config
+        n = chosen_ids.shape[0]
+        width = max(chosen_ids.shape[1], rejected_ids.shape[1])
+        pad = self.policy.pad_token_id
+
+        def widen(ids, mask):
+            extra = width - ids.shape[1]
+            return (torch.nn.functional.pad(ids, (0, extra), value=pad),
+                    torch.nn.functional.pad(mask, (0, extra), value=0))
+
+        c_ids, c_mask = widen(chosen_ids, chosen_mask)
+        r_ids, r_mask = widen(rejected_ids, rejected_mask)
+        seq = self.policy.sequence_logprobs(torch.cat([prompt_ids, prompt_ids]), torch.cat([prompt_mask, prompt_mask]),
+                                            torch.cat([c_ids, r_ids]), torch.cat([c_mask, r_mask]))
+        out = dpo_loss(seq[:n], seq[n:], ref_chosen, ref_rejected, beta=cfg.beta, loss_type=cfg.loss_type,
+                       label_smoothing=cfg.label_smoothing)
+        loss = out.losses.mean()
+        self.clip_and_step(loss)
+        margins = out.chosen_rewards - out.rejected_rewards
+        return {
+            "loss/policy_avg": float(loss),
+            "rewards/chosen": float(out.chosen_rewards.mean()),
+            "rewards/rejected": float(out.rejected_rewards.mean()),
+            "rewards/accuracies": float((margins > 0).float().mean()),
+            "rewards/margins": float(margins.mean()),
+            "logps/chosen": float(seq[:n].detach().mean()),
+            "logps/rejected": float(seq[n:].detach().mean()),
+        }
+
+    def train_step(self) -> dict[str, float]:
+        return self._offline_step() if self.offline else self._online_step()
+
+    def _offline_step(self) -> dict[str, float]:
+        idx = self._next_indices()
+        p_ids, p_mask = self.prompt_ids[idx], self.prompt_mask[idx]
+        c_ids, c_mask = self.chosen_ids[idx], self.chosen_mask[idx]
+        r_ids, r_mask = self.rejected_ids[idx], self.rejected_mask[idx]
+        missing = torch.isnan(self.ref_cache[idx, 0])
+        if bool(missing.any()):  # reference log-probs: once per pair, ever
+            m = missing
+            self.ref_cache[idx[m], 0] = self.reference.sequence_logprobs(p_ids[m], p_mask[m], c_ids[m], c_mask[m]).float()
+            self.ref_cache[idx[m], 1] = self.reference.sequence_logprobs(p_ids[m], p_mask[m], r_ids[m], r_mask[m]).float()
+        start = time.perf_counter()
+        metrics = self._dpo_update(p_ids, p_mask, c_ids, c_mask, r_ids, r_mask,
+                                   self.ref_cache[idx, 0], self.ref_cache[idx, 1])
+        metrics["timing/update"] = time.perf_counter() - start
+        return metrics
+
+    def _online_step(self) -> dict[str, float]:
+        cfg = self.config
+        # -- rollout: k completions per prompt, and the judge's comparisons of every pair within a prompt --------------
+        batch = self.collect()
+        r = batch.rollout
+        k = cfg.group_size
+        pairs = [(g * k + i, g * k + j) for g in range(len(r) // k) for i, j in itertools.combinations(range(k), 2)]
+        provider = self.rollouts.provider
+        start = time.perf_counter()
+        prefs = checked_scores(provider, provider.compare(
+            [r.prompts[i] for i, _ in pairs], [r.completions[i] for i, _ in pairs],
+            [r.completions[j] for _, j in pairs]), len(pairs), what="preferences")
+        compare_time = time.perf_counter() - start
+        decided = [(i, j) if p > 0.5 else (j, i) for (i, j), p in zip(pairs, prefs) if p is not None and p != 0.5]
+        metrics = self.batch_metrics(batch)
+        metrics.update({"timing/compare": compare_time, "preferences/decided_fraction": len(decided) / max(len(pairs), 1)})
+        if not decided:
+            return metrics
+        chosen = torch.tensor([c for c, _ in decided])
+        rejected = torch.tensor([x for _, x in decided])
+        # -- reference log-probs once for the batch, then one DPO step ---------------------------------------------------
+        args = (r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
+        ref = self.reference.sequence_logprobs(*args)
+        start = time.perf_counter()
+        metrics.update(self._dpo_update(
+            r.prompt_ids[chosen], r.prompt_mask[chosen], r.completion_ids[chosen], r.completion_mask[chosen],
+            r.completion_ids[rejected], r.completion_mask[rejected], ref[chosen], ref[rejected]))
+        metrics["timing/update"] = time.perf_counter() - start
+        return metrics
+
+    # -- checkpoints --------------------------------------------------------------------------------------------------
+    def extra_state(self):
+        if not self.offline:
+            return super().extra_state()
+        return ({"data_rng": self.data_generator.get_state(), "order": self.order, "ref_cache": self.ref_cache},
+                {"cursor": self.cursor})
+
+    def load_extra_state(self, tensors, values):
+        if not self.offline:
+            return super().load_extra_state(tensors, values)
+        self.data_generator.set_state(tensors["data_rng"])
+        self.order, self.ref_cache, self.cursor = tensors["order"], tensors["ref_cache"], values["cursor"]
+
+
+@rlhf_gym.hookimpl
+def register_algorithms(register):
+    register("dpo", DPO)

@@ -1,0 +1,105 @@
+"""PPO for language models (token-level, Ziegler et al. 2019 / Ouyang et al. 2022), as a built-in plugin.
+
+Each update: sample a batch through the rollout worker → old log-probs and values in one batched forward,
+reference log-probs in another → per-token rewards (−β·KL on every token, the score on the last) → GAE (γ=1, λ=0.95)
+→ ``ppo_epochs`` passes over shuffled minibatches of the clipped policy loss + ``vf_coef`` × clipped value loss.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+import rlhf_gym
+from rlhf_gym.advantages import gae, masked_mean, masked_whiten
+from rlhf_gym.config import hp
+from rlhf_gym.kl import kl_penalised_rewards
+from rlhf_gym.losses import ppo_policy_loss, ppo_value_loss
+from rlhf_gym.online import OnlineAlgorithm, OnlineConfig
+
+
+@dataclass
+class PPOConfig(OnlineConfig):
+    learning_rate: float = hp(3e-4, "AdamW learning rate")
+    ppo_epochs: int = hp(4, "passes over each batch")
+    minibatch_size: int = hp(8, "samples per gradient step")
+    clip_range: float = hp(0.2, "policy ratio clip ε")
+    clip_range_value: float = hp(0.2, "value clip around the old values")
+    vf_coef: float = hp(0.1, "weight of the value loss")
+    gamma: float = hp(1.0, "discount")
+    lam: float = hp(0.95, "GAE λ")
+    whiten_advantages: bool = hp(True, "standardise advantages over the batch")
+
+
+class PPO(OnlineAlgorithm):
+    """Token-level PPO with GAE, a value head on the policy's trunk and a KL penalty folded into the reward."""
+
+    Config = PPOConfig
+    config: PPOConfig
+    name = "ppo"
+    needs_value_head = True
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.config
+        # -- rollout: samples, scores, old log-probs/values, reference log-probs ------------------------------
+        batch = self.collect(with_values=True)
+        r = batch.rollout
+        mask = r.completion_mask
+        args = (r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
+        # Samples without a score carry no signal: mask their tokens out of every loss.
+        loss_mask = mask * batch.valid.unsqueeze(-1).to(mask.dtype)
+
+        # -- advantages: −β·KL per token, the score at the last token, GAE over the completion ------------------
+        rewards = kl_penalised_rewards(batch.scores, batch.logprobs, batch.ref_logprobs, mask, self.kl_ctl.value,
+                                       self.config.kl_estimator).rewards
+        advantages, returns = gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, loss_mask)
+
+        # -- update: epochs × minibatches of clipped policy + value loss -----------------------------------------
+        start = time.perf_counter()
+        n = len(r)
+        stats: dict[str, list[float]] = {"pg": [], "vf": [], "clip": [], "vclip": [], "approx_kl": [], "ent": []}
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(n, generator=self.rollouts.generator)
+            for start_i in range(0, n, cfg.minibatch_size):
+                idx = order[start_i : start_i + cfg.minibatch_size]
+                mb_mask = loss_mask[idx]
+                if not bool(mb_mask.any()):
+                    continue
+                out = self.policy(*(a[idx] for a in args), with_values=True, with_entropy=True,
+                                  temperature=cfg.temperature)
+                pg_loss, pg_stats = ppo_policy_loss(out.logprobs, batch.logprobs[idx], advantages[idx], mb_mask,
+                                                    cfg.clip_range)
+                vf_loss, vf_stats = ppo_value_loss(out.values, batch.values[idx], returns[idx], mb_mask,
+                                                   cfg.clip_range_value)
+                self.clip_and_step(pg_loss + cfg.vf_coef * vf_loss)
+                stats["pg"].append(float(pg_loss))
+                stats["vf"].append(float(vf_loss))
+                stats["clip"].append(float(pg_stats.clipfrac))
+                stats["vclip"].append(float(vf_stats.vf_clipfrac))
+                stats["approx_kl"].append(float(pg_stats.approx_kl))
+                stats["ent"].append(float(masked_mean(out.entropy.detach(), mb_mask)))
+        update_time = time.perf_counter() - start
+        self.update_kl_controller(batch)
+
+        def avg(key: str) -> float:
+            return sum(stats[key]) / max(len(stats[key]), 1)
+
+        metrics = self.batch_metrics(batch, entropy=avg("ent"))
+        metrics.update({
+            "loss/policy_avg": avg("pg"),
+            "loss/value_avg": avg("vf"),
+            "policy/clipfrac_avg": avg("clip"),
+            "val/clipfrac_avg": avg("vclip"),
+            "policy/approxkl_avg": avg("approx_kl"),
+            "timing/update": update_time + r.timing.get("forward", 0.0),
+        })
+        return metrics
+
+
+@rlhf_gym.hookimpl
+def register_algorithms(register):
+    register("ppo", PPO)

@@ -1,0 +1,122 @@
+"""REINFORCE with a moving-average baseline, and RLOO (k samples per prompt, leave-one-out baseline), as built-in
+plugins.
+
+Each update: sample a batch → reward = score − β·KL(sequence) against the frozen reference → advantage = reward −
+baseline → one gradient step on ``−A · log π(y|x)``. RLOO (Ahmadian et al. 2024) samples ``group_size`` completions
+per prompt and uses the mean reward of the *other* completions of the same prompt as each one's baseline.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import rlhf_gym
+from rlhf_gym.advantages import MovingAverageBaseline, masked_mean, rloo_advantages
+from rlhf_gym.config import hp
+from rlhf_gym.errors import ConfigError
+from rlhf_gym.losses import reinforce_loss
+from rlhf_gym.online import OnlineAlgorithm, OnlineConfig
+
+
+@dataclass
+class REINFORCEConfig(OnlineConfig):
+    baseline_decay: float = hp(0.9, "decay of the moving-average baseline")
+    normalize_advantages: bool = hp(False, "divide advantages by their batch standard deviation")
+
+
+@dataclass
+class RLOOConfig(OnlineConfig):
+    group_size: int = hp(4, "completions per prompt (k); each one's baseline is the mean of the other k−1")
+    normalize_advantages: bool = hp(False, "divide advantages by their batch standard deviation")
+
+
+class REINFORCE(OnlineAlgorithm):
+    """REINFORCE with a moving-average baseline and a sequence-level KL penalty."""
+
+    Config: Any = REINFORCEConfig
+    name = "reinforce"
+
+    def setup(self) -> None:
+        super().setup()
+        self.baseline = MovingAverageBaseline(self.config.baseline_decay)
+
+    def advantages(self, rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Reward minus the moving average of earlier rewards (updated with this batch's scored samples)."""
+        adv = torch.zeros_like(rewards)
+        if bool(valid.any()):
+            adv[valid] = self.baseline(rewards[valid])
+        return adv
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.config
+        # -- rollout ---------------------------------------------------------------------------------------------
+        batch = self.collect()
+        r = batch.rollout
+        # -- advantages: sequence reward = score − β·KL, minus the baseline ----------------------------------------
+        rewards = batch.scores - self.kl_ctl.value * batch.sequence_kl
+        adv = self.advantages(rewards, batch.valid)
+        if cfg.normalize_advantages and bool(batch.valid.any()):
+            adv = adv / (adv[batch.valid].std() + 1e-8)
+        # -- update: one gradient step on −A·log π(y|x) --------------------------------------------------------------
+        start = time.perf_counter()
+        mask = r.completion_mask * batch.valid.unsqueeze(-1).to(r.completion_mask.dtype)
+        out = self.policy(r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, with_entropy=True,
+                          temperature=cfg.temperature)
+        loss = reinforce_loss(out.logprobs, adv, mask)
+        self.clip_and_step(loss)
+        update_time = time.perf_counter() - start
+        self.update_kl_controller(batch)
+        metrics = self.batch_metrics(batch, entropy=float(masked_mean(out.entropy.detach(), mask)))
+        metrics.update({
+            "loss/policy_avg": float(loss),
+            "objective/advantage_std": float(adv[batch.valid].std()) if int(batch.valid.sum()) > 1 else 0.0,
+            "timing/update": update_time + r.timing.get("forward", 0.0),
+        })
+        return metrics
+
+    def extra_state(self):
+        tensors, values = super().extra_state()
+        values["baseline"] = self.baseline.state_dict()
+        return tensors, values
+
+    def load_extra_state(self, tensors, values):
+        super().load_extra_state(tensors, values)
+        self.baseline.load_state_dict(values["baseline"])
+
+
+class RLOO(REINFORCE):
+    """REINFORCE leave-one-out: k samples per prompt, each baselined by the mean reward of the other k−1."""
+
+    Config: Any = RLOOConfig
+    name = "rloo"
+
+    def setup(self) -> None:
+        if self.config.group_size < 2:
+            raise ConfigError(f"rloo needs group_size ≥ 2 completions per prompt, got {self.config.group_size}")
+        OnlineAlgorithm.setup(self)
+
+    def advantages(self, rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        k = self.config.group_size
+        grouped = rewards.view(-1, k)
+        ok = valid.view(-1, k)
+        # A sample without a score takes its group's mean, so it neither pulls nor pushes the others' baseline.
+        counts = ok.sum(1, keepdim=True).clamp(min=1)
+        group_mean = (grouped * ok).sum(1, keepdim=True) / counts
+        filled = torch.where(ok, grouped, group_mean).reshape(-1)
+        return torch.where(valid, rloo_advantages(filled, k), torch.zeros_like(filled))
+
+    def extra_state(self):
+        return OnlineAlgorithm.extra_state(self)
+
+    def load_extra_state(self, tensors, values):
+        OnlineAlgorithm.load_extra_state(self, tensors, values)
+
+
+@rlhf_gym.hookimpl
+def register_algorithms(register):
+    register("reinforce", REINFORCE)
+    register("rloo", RLOO)

@@ -1,0 +1,371 @@
+"""The ``Algorithm`` base class: what every training algorithm, built-in or third-party, has in common.
+
+In the spirit of stable-baselines3: a ``Config`` dataclass holds every hyper-parameter (default + one-line help),
+``__init__(env, policy, **config)`` rejects unknown keys, ``learn(total_updates)`` runs the loop with a progress
+bar, metrics and callbacks, and ``save(dir)`` / ``load(dir, env=...)`` checkpoint everything needed to continue the
+same curve: weights (safetensors), optimizer state, every RNG, the step counter and the algorithm's own state.
+
+A subclass implements :meth:`Algorithm.train_step` (one update, returning its metrics) and, if it keeps state
+beyond the policy and optimizer, :meth:`Algorithm.extra_state` / :meth:`Algorithm.load_extra_state`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from rlhf_gym.checkpoint import (
+    flatten_optimizer_state,
+    load_trainer_state,
+    restore_optimizer_state,
+    save_trainer_state,
+)
+from rlhf_gym.config import build_config, config_to_dict, hp
+from rlhf_gym.errors import ConfigError
+
+
+@dataclass
+class AlgorithmConfig:
+    """Hyper-parameters shared by all algorithms."""
+
+    seed: int = hp(0, "seed for torch, sampling, prompt order and the reward provider")
+    learning_rate: float = hp(1e-4, "AdamW learning rate")
+    weight_decay: float = hp(0.0, "AdamW weight decay")
+    adam_eps: float = hp(1e-8, "AdamW epsilon")
+    max_grad_norm: float = hp(1.0, "clip the global gradient norm to this (0: no clipping)")
+    temperature: float = hp(1.0, "sampling temperature of rollouts")
+    top_k: int = hp(0, "sample from the k most likely tokens only (0: off)")
+    top_p: float = hp(1.0, "nucleus sampling mass (1.0: off)")
+    log_every: int = hp(1, "log metrics every N updates")
+    sample_every: int = hp(10, "write sample completions to samples.jsonl every N updates (0: never)")
+    num_logged_samples: int = hp(4, "how many samples to write each time")
+    save_every: int = hp(0, "write a checkpoint to <run_dir>/checkpoints every N updates (0: only at the end)")
+    run_dir: str | None = hp(None, "run directory for metrics.csv, TensorBoard, samples and checkpoints (None: none)")
+    tensorboard: bool = hp(True, "write TensorBoard event files into the run directory")
+    true_reward: str | None = hp(
+        None, "provider name of a ground truth logged as objective/true_scores next to the proxy reward"
+    )
+    device: str = hp("cpu", "torch device of the policy")
+
+
+class Callback:
+    """Hooks into :meth:`Algorithm.learn`. Return ``False`` from :meth:`on_step` to stop training early."""
+
+    def on_learn_start(self, algo: Algorithm) -> None:
+        """Called once before the first update."""
+
+    def on_step(self, algo: Algorithm, metrics: dict[str, float]) -> bool | None:
+        """Called after every update with its metrics."""
+        return None
+
+    def on_learn_end(self, algo: Algorithm) -> None:
+        """Called once after the last update."""
+
+
+class _FunctionCallback(Callback):
+    def __init__(self, fn: Callable[[Algorithm, dict[str, float]], bool | None]):
+        self.fn = fn
+
+    def on_step(self, algo: Algorithm, metrics: dict[str, float]) -> bool | None:
+        return self.fn(algo, metrics)
+
+
+class CallbackList(Callback):
+    def __init__(self, callbacks: list[Callback]):
+        self.callbacks = callbacks
+
+    def on_learn_start(self, algo: Algorithm) -> None:
+        for cb in self.callbacks:
+            cb.on_learn_start(algo)
+
+    def on_step(self, algo: Algorithm, metrics: dict[str, float]) -> bool | None:
+        keep_going = True
+        for cb in self.callbacks:
+            if cb.on_step(algo, metrics) is False:
+                keep_going = False
+        return keep_going
+
+    def on_learn_end(self, algo: Algorithm) -> None:
+        for cb in self.callbacks:
+            cb.on_learn_end(algo)
+
+
+def as_callback(callback: Any) -> Callback:
+    """A :class:`Callback`, a function ``f(algo, metrics)``, a list of either, or ``None``."""
+    if callback is None:
+        return CallbackList([])
+    if isinstance(callback, Callback):
+        return callback
+    if isinstance(callback, (list, tuple)):
+        return CallbackList([as_callback(c) for c in callback])
+    if callable(callback):
+        return _FunctionCallback(callback)
+    raise TypeError(f"callback must be a Callback, a function f(algo, metrics), or a list of them; got {callback!r}")
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python's and torch's global RNGs (numpy RNGs in rlhf_gym are local generators)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Algorithm:
+    """Base class of training algorithms.
+
+    Subclasses set ``Config`` to a dataclass derived from :class:`AlgorithmConfig` and implement
+    :meth:`train_step`. ``needs_env`` / ``needs_value_head`` tell the base what to prepare.
+
+    Args:
+        env: a ``rlhf_gym/Completion-v0`` or ``TextGen-v0`` env (single or vector); algorithms build the batched
+            rollout env they need from its settings.
+        policy: a :class:`rlhf_gym.Policy`, or a model name/path to load one from.
+        **config: fields of ``Config``; unknown keys raise :class:`rlhf_gym.ConfigError` listing the valid ones.
+    """
+
+    Config: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
+    #: registered name (set by subclasses; used in checkpoints and run directories)
+    name: ClassVar[str] = "algorithm"
+    needs_env: ClassVar[bool] = True
+    needs_value_head: ClassVar[bool] = False
+
+    def __init__(self, env: Any = None, policy: Any = None, **config: Any) -> None:
+        self.config = build_config(self.Config, config, owner=f"algorithm {self.name!r}")
+        self.num_updates = 0
+        set_seed(self.config.seed)
+        self.policy = self._resolve_policy(policy)
+        if self.needs_env and env is None:
+            raise ConfigError(
+                f"algorithm {self.name!r} needs an environment: pass env=gym.make('rlhf_gym/Completion-v0', ...)"
+            )
+        self.env = env
+        self.logger = None
+        self._true_reward = None
+        #: extra run information written into the run directory's config.json (e.g. the CLI's options)
+        self.run_info: dict[str, Any] = {}
+        self.optimizer = self.build_optimizer()
+        self.setup()
+
+    # -- construction ------------------------------------------------------------------------------------------
+    def _resolve_policy(self, policy: Any):
+        from rlhf_gym.policy import Policy
+
+        if policy is None:
+            raise ConfigError(
+                f"algorithm {self.name!r} needs a policy: pass policy=rlhf_gym.Policy.from_pretrained(<hub id or "
+                f"local dir>) or the path itself"
+            )
+        if isinstance(policy, (str, Path)):
+            policy = Policy.from_pretrained(str(policy), value_head=self.needs_value_head)
+        if not isinstance(policy, Policy):
+            raise TypeError(f"policy must be an rlhf_gym.Policy or a model name/path, got {type(policy).__name__}")
+        if self.needs_value_head and policy.value_head is None:
+            policy.add_value_head()
+        return policy.to(self.config.device)
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the policy's trainable parameters (override for other optimisers)."""
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        return torch.optim.AdamW(
+            params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay, eps=self.config.adam_eps
+        )
+
+    def setup(self) -> None:
+        """Build what the algorithm needs beyond policy and optimizer (rollout env, reference model, ...)."""
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        """Run one update and return its metrics (TRL's metric names where one exists)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement train_step()")
+
+    def clip_and_step(self, loss: torch.Tensor | None = None) -> float:
+        """Backward ``loss`` (if given), clip gradients, step the optimizer, zero grads; returns the grad norm."""
+        if loss is not None:
+            loss.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        norm = 0.0
+        if self.config.max_grad_norm > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def _open_logger(self) -> None:
+        if self.logger is not None or not self.config.run_dir:
+            return
+        from rlhf_gym.run_logger import RunLogger
+
+        resumed = self.num_updates > 0
+        self.logger = RunLogger(
+            self.config.run_dir,
+            config={"algorithm": self.name, **config_to_dict(self.config), **self.run_info},
+            tensorboard=self.config.tensorboard,
+            append=resumed,
+            start_step=self.num_updates,
+        )
+
+    def learn(self, total_updates: int, callback: Any = None, progress_bar: bool = True) -> Algorithm:
+        """Train until ``total_updates`` updates have been made in all (a resumed run continues its count).
+
+        Args:
+            total_updates: the update count to reach; runs stop on update counts, so they are reproducible.
+            callback: a :class:`Callback`, a function ``f(algo, metrics) -> bool | None`` (``False`` stops), or a list.
+            progress_bar: show a tqdm bar with the reward and KL.
+        """
+        from tqdm.auto import tqdm
+
+        if total_updates < self.num_updates:
+            raise ValueError(f"total_updates={total_updates} is below the {self.num_updates} updates already made")
+        cb = as_callback(callback)
+        self._open_logger()
+        cb.on_learn_start(self)
+        bar = tqdm(total=total_updates, initial=self.num_updates, disable=not progress_bar, desc=self.name,
+                   dynamic_ncols=True, leave=True)
+        try:
+            while self.num_updates < total_updates:
+                t0 = time.perf_counter()
+                metrics = self.train_step()
+                self.num_updates += 1
+                metrics.setdefault("timing/step", time.perf_counter() - t0)
+                self.last_metrics = metrics
+                self._log(metrics)
+                bar.update(1)
+                bar.set_postfix(_postfix(metrics), refresh=False)
+                if self.config.save_every and self.config.run_dir and self.num_updates % self.config.save_every == 0:
+                    self.save(Path(self.config.run_dir) / "checkpoints" / f"step-{self.num_updates}")
+                if cb.on_step(self, metrics) is False:
+                    break
+        finally:
+            bar.close()
+            cb.on_learn_end(self)
+            if self.logger is not None:
+                if self.config.run_dir:
+                    self.save(Path(self.config.run_dir) / "checkpoints" / "last")
+                self.logger.plot()
+        return self
+
+    def _log(self, metrics: Mapping[str, float]) -> None:
+        if self.logger is None:
+            return
+        if self.num_updates % max(self.config.log_every, 1) == 0:
+            self.logger.log(self.num_updates, {k: v for k, v in metrics.items() if np.isscalar(v)})
+        samples = getattr(self, "last_samples", None)
+        if samples and self.config.sample_every and self.num_updates % self.config.sample_every == 0:
+            self.logger.log_samples(self.num_updates, samples[: self.config.num_logged_samples])
+
+    def close(self) -> None:
+        """Close the run logger (writes reward_curve.png) and the environments."""
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
+
+    # -- ground truth for over-optimisation diagnostics ---------------------------------------------------------
+    def true_scores(self, prompts: list[str], completions: list[str], extras: Mapping[str, list] | None = None):
+        """Ground-truth scores for logging: the provider's ``true_score`` extras, or ``config.true_reward``."""
+        if extras and "true_score" in extras:
+            values = [v for v in extras["true_score"] if v is not None]
+            return values or None
+        if self.config.true_reward:
+            from rlhf_gym.plugins import make_reward
+            from rlhf_gym.providers import checked_scores
+
+            if self._true_reward is None:
+                self._true_reward = make_reward(self.config.true_reward)
+            scores = checked_scores(self._true_reward, self._true_reward.score(prompts, completions), len(prompts))
+            return [s for s in scores if s is not None] or None
+        return None
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, JSON-able values) of algorithm state beyond policy and optimizer. Override with the same keys
+        in :meth:`load_extra_state`."""
+        return {}, {}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    def save_files(self, path: Path) -> None:
+        """Write files beyond the policy and trainer state into checkpoint directory ``path`` (e.g. a reference
+        model); read them back in :meth:`load_files`."""
+
+    def load_files(self, path: Path) -> None:
+        """Read what :meth:`save_files` wrote."""
+
+    def save(self, path: str | Path) -> Path:
+        """Write a checkpoint directory (safetensors + JSON, no pickle) that :meth:`load` resumes from."""
+        path = Path(path)
+        self.policy.save_pretrained(path / "policy")
+        self.save_files(path)
+        tensors, optim_meta = flatten_optimizer_state(self.optimizer)
+        tensors["rng/torch"] = torch.get_rng_state()
+        extra_tensors, extra_values = self.extra_state()
+        tensors.update({f"extra/{k}": v.detach().cpu() for k, v in extra_tensors.items()})
+        meta = {
+            "format": "rlhf_gym-checkpoint-v1",
+            "algorithm": self.name,
+            "num_updates": self.num_updates,
+            "config": config_to_dict(self.config),
+            "optimizer": optim_meta,
+            "rng": {"python": _python_rng_state()},
+            "extra": extra_values,
+        }
+        save_trainer_state(path, tensors, meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, env: Any = None, policy: Any = None, **overrides: Any) -> Algorithm:
+        """Rebuild an algorithm from :meth:`save`'s directory; training continues the same curve.
+
+        ``overrides`` change config fields (e.g. ``run_dir``); ``policy`` defaults to the checkpoint's own.
+        """
+        from rlhf_gym.policy import Policy
+
+        path = Path(path)
+        tensors, meta = load_trainer_state(path)
+        if meta.get("algorithm") not in (cls.name, None) and cls is not Algorithm:
+            raise ConfigError(
+                f"{path} holds a {meta.get('algorithm')!r} checkpoint, not {cls.name!r}; load it with "
+                f"rlhf_gym.plugins.algorithm_class({meta.get('algorithm')!r}).load(...)"
+            )
+        config = {**meta["config"], **overrides}
+        if policy is None:
+            policy = Policy.from_pretrained(str(path / "policy"), value_head=cls.needs_value_head)
+        algo = cls(env=env, policy=policy, **config)
+        restore_optimizer_state(algo.optimizer, tensors, meta["optimizer"])
+        torch.set_rng_state(tensors["rng/torch"])
+        _set_python_rng_state(meta["rng"]["python"])
+        algo.num_updates = int(meta["num_updates"])
+        extra = {k[len("extra/"):]: v for k, v in tensors.items() if k.startswith("extra/")}
+        algo.load_files(path)
+        algo.load_extra_state(extra, meta.get("extra", {}))
+        return algo
+
+
+def _python_rng_state() -> list[Any]:
+    version, state, gauss = random.getstate()
+    return [version, list(state), gauss]
+
+
+def _set_python_rng_state(value: list[Any]) -> None:
+    random.setstate((value[0], tuple(value[1]), value[2]))
+
+
+def _postfix(metrics: Mapping[str, float]) -> dict[str, str]:
+    shown = {}
+    for key, label in (("objective/scores", "reward"), ("objective/true_scores", "true"), ("objective/kl", "kl"),
+                       ("loss/policy_avg", "loss"), ("rewards/accuracies", "acc")):
+        if key in metrics:
+            shown[label] = f"{metrics[key]:.3f}"
+    return shown
+
+
+def config_fields(algo_cls: type[Algorithm]) -> list[dataclasses.Field]:
+    """The config fields of an algorithm class (for CLIs and docs)."""
+    return list(dataclasses.fields(algo_cls.Config))

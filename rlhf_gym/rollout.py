@@ -1,0 +1,253 @@
+"""Rollouts: a batch of prompts → sampled completions → one batched provider call, through Completion-v0's
+vector env.
+
+Algorithms reach generation and reward providers only through this module: the policy samples token ids for the
+left-padded prompt ids the env observes (nothing is re-tokenised), the env decodes them once and makes one provider
+call for the whole batch. Nothing replays a sequence token by token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlhf_gym.errors import ConfigError
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled completions and their scores (B = number of samples).
+
+    ``prompt_ids``/``prompt_mask`` are left-padded ``(B, P)``; ``completion_ids``/``completion_mask`` right-padded
+    ``(B, T)``. ``scores`` is 0 where ``score_mask`` is False (the provider gave ``None``).
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    scores: torch.Tensor
+    score_mask: torch.Tensor
+    prompts: list[str]
+    completions: list[str]
+    group_size: int = 1
+    extras: dict[str, list[Any]] = field(default_factory=dict)
+    logprobs: torch.Tensor | None = None
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.completion_ids.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.completion_mask.sum())
+
+    @property
+    def has_eos(self) -> torch.Tensor:
+        """(B,) bool: whether each completion ended with EOS (rather than hitting max_new_tokens)."""
+        return self.extras_tensor("ended_with_eos", dtype=torch.bool)
+
+    def extras_tensor(self, key: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(self.extras[key]), dtype=dtype)
+
+    def select(self, index: torch.Tensor | np.ndarray | list[int]) -> Rollout:
+        """The samples at ``index`` (tensors indexed, lists picked), e.g. for minibatches."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        picked = idx.tolist()
+        changes: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                changes[f.name] = value[idx]
+            elif isinstance(value, list):
+                changes[f.name] = [value[i] for i in picked]
+        changes["extras"] = {k: [v[i] for i in picked] for k, v in self.extras.items()}
+        return replace(self, **changes)
+
+    def samples(self, n: int | None = None) -> list[dict[str, Any]]:
+        """The first ``n`` samples as dicts (prompt, completion, score, extras) for logs."""
+        n = len(self) if n is None else min(n, len(self))
+        out = []
+        for i in range(n):
+            row = {"prompt": self.prompts[i], "completion": self.completions[i],
+                   "score": float(self.scores[i]) if bool(self.score_mask[i]) else None}
+            for key, values in self.extras.items():
+                if key in ("true_score",):
+                    row[key] = values[i]
+            out.append(row)
+        return out
+
+
+def env_settings(env: Any) -> dict[str, Any]:
+    """The keyword arguments an rlhf_gym env was made with (single, vector or wrapped)."""
+    base = getattr(env, "unwrapped", env)
+    settings = getattr(base, "env_kwargs", None)
+    if settings is None and getattr(env, "spec", None) is not None:
+        settings = dict(env.spec.kwargs)
+    if settings is None:
+        raise ConfigError(
+            f"cannot read the settings of {type(env).__name__}; pass an env made with "
+            f"gym.make('rlhf_gym/Completion-v0', ...) or rlhf_gym's CompletionVectorEnv"
+        )
+    return dict(settings)
+
+
+def make_rollout_env(env: Any, num_envs: int, group_size: int = 1):
+    """The batched Completion-v0 vector env an algorithm samples through, built from ``env``'s settings.
+
+    A :class:`~rlhf_gym.envs.completion.CompletionVectorEnv` with the right batch shape is used as it is; any other
+    rlhf_gym env (Completion-v0 or TextGen-v0, single or vector) lends its settings (tokenizer, prompts, reward
+    provider object, lengths) to a new vector env, so the provider is shared, never copied.
+    """
+    from rlhf_gym.envs.completion import CompletionVectorEnv
+
+    base = getattr(env, "unwrapped", env)
+    if isinstance(base, CompletionVectorEnv) and base.num_envs == num_envs and base.group_size == group_size:
+        return base
+    settings = env_settings(env)
+    settings.pop("num_envs", None)
+    settings.pop("group_size", None)
+    provider = getattr(base, "provider", None)
+    if provider is not None:  # reuse the live provider object rather than building a second one
+        settings["reward"] = provider
+        settings.pop("reward_kwargs", None)
+    return CompletionVectorEnv(num_envs=num_envs, group_size=group_size, **settings)
+
+
+class RolloutWorker:
+    """Samples completions from a policy through a Completion-v0 vector env.
+
+    Args:
+        env: any rlhf_gym env; see :func:`make_rollout_env`.
+        policy: the :class:`~rlhf_gym.Policy` to sample from.
+        num_prompts: distinct prompts per batch.
+        group_size: completions per prompt (k for RLOO/GRPO-style baselines); batch = num_prompts × group_size.
+        seed: seeds prompt order (env) and sampling (a torch.Generator).
+        temperature, top_k, top_p: sampling settings.
+    """
+
+    def __init__(self, env: Any, policy: Any, *, num_prompts: int, group_size: int = 1, seed: int = 0,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> None:
+        if num_prompts < 1 or group_size < 1:
+            raise ConfigError(f"num_prompts and group_size must be ≥ 1 (got {num_prompts}, {group_size})")
+        self.env = make_rollout_env(env, num_prompts * group_size, group_size)
+        self.policy = policy
+        self.group_size = group_size
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        check_action_space(self.env, policy)
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self._obs, _ = self.env.reset(seed=seed)
+
+    @property
+    def provider(self):
+        return self.env.provider
+
+    @property
+    def max_new_tokens(self) -> int:
+        return int(self.env.max_new_tokens)
+
+    def collect(self, return_logprobs: bool = False) -> Rollout:
+        """Sample one completion per env slot, score them all with one provider call, return the batch."""
+        device = next(self.policy.parameters()).device
+        prompt_ids = torch.as_tensor(self._obs["input_ids"], device=device)
+        prompt_mask = torch.as_tensor(self._obs["attention_mask"], device=device)
+        t0 = time.perf_counter()
+        gen = self.policy.generate(
+            prompt_ids, prompt_mask, self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
+            top_p=self.top_p, generator=self.generator, return_logprobs=return_logprobs,
+        )
+        t1 = time.perf_counter()
+        actions = gen.pad_to(self.max_new_tokens, self.policy.pad_token_id).completion_ids.cpu().numpy()
+        obs, rewards, _, _, info = self.env.step(actions)
+        t2 = time.perf_counter()
+        self._obs = obs
+        valid = np.asarray(info["score_valid"], dtype=bool)
+        extras = {k: list(v) for k, v in info.items()
+                  if k not in ("prompt", "completion", "score", "score_valid") and not k.startswith("_")}
+        completion_mask = gen.completion_mask
+        extras["ended_with_eos"] = (
+            ((gen.completion_ids == self.policy.eos_token_id) & completion_mask.bool()).any(dim=1).cpu().tolist()
+        )
+        return Rollout(
+            prompt_ids=prompt_ids, prompt_mask=prompt_mask,
+            completion_ids=gen.completion_ids, completion_mask=completion_mask,
+            scores=torch.as_tensor(np.asarray(rewards, dtype=np.float32), device=device),
+            score_mask=torch.as_tensor(valid, device=device),
+            prompts=list(info["prompt"]), completions=list(info["completion"]),
+            group_size=self.group_size, extras=extras,
+            logprobs=gen.logprobs if return_logprobs else None,
+            timing={"generation": t1 - t0, "scoring": t2 - t1},
+        )
+
+    # -- exact resume ------------------------------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """RNG states of sampling, prompt order and the provider, for checkpoints."""
+        values: dict[str, Any] = {"env_rng": self.env.np_random.bit_generator.state,
+                                  "obs": {k: np.asarray(v).tolist() for k, v in self._obs.items()}}
+        provider_state = getattr(self.provider, "state_dict", None)
+        if callable(provider_state):
+            values["provider"] = provider_state()
+        if hasattr(self.env, "get_state"):
+            values["env"] = self.env.get_state()
+        return {"sampler_rng": self.generator.get_state()}, values
+
+    def load_state(self, tensors: Mapping[str, torch.Tensor], values: Mapping[str, Any]) -> None:
+        self.generator.set_state(tensors["sampler_rng"])
+        self.env.np_random.bit_generator.state = values["env_rng"]
+        if "env" in values and hasattr(self.env, "set_state"):
+            self.env.set_state(values["env"])
+        self._obs = {k: np.asarray(v, dtype=np.int64) for k, v in values["obs"].items()}
+        if "provider" in values and callable(getattr(self.provider, "load_state_dict", None)):
+            self.provider.load_state_dict(values["provider"])
+
+
+def check_action_space(env: Any, policy: Any) -> None:
+    """The policy's head must produce exactly the env's action vocabulary."""
+    env_vocab = int(getattr(env, "vocab_size", 0) or 0)
+    if env_vocab and env_vocab != policy.vocab_size:
+        raise ConfigError(
+            f"the policy's output head has {policy.vocab_size} tokens but the environment's action space has "
+            f"{env_vocab}; make the env with model=<the policy's path> or vocab_size={policy.vocab_size}"
+        )
+
+
+@torch.no_grad()
+def evaluate(policy: Any, env: Any, *, num_samples: int = 128, batch_size: int = 64, seed: int = 12345,
+             reward: Any = None, temperature: float = 1.0) -> dict[str, Any]:
+    """Mean score of ``num_samples`` fresh samples from ``policy`` on ``env``'s prompts.
+
+    ``reward`` (a provider name/object/callable) scores with a different provider than the env's, e.g. the
+    ground truth behind a learned reward model. Returns ``{"mean", "std", "scores", "samples", "mean_length"}``.
+    """
+    from rlhf_gym.providers import as_provider, checked_scores
+
+    batch_size = min(batch_size, num_samples)
+    worker = RolloutWorker(env, policy, num_prompts=batch_size, seed=seed, temperature=temperature)
+    judge = as_provider(reward) if reward is not None else None
+    scores: list[float] = []
+    samples: list[dict[str, Any]] = []
+    lengths: list[float] = []
+    was_training = policy.training
+    policy.eval()
+    try:
+        while len(scores) < num_samples:
+            batch = worker.collect()
+            if judge is not None:
+                values = checked_scores(judge, judge.score(batch.prompts, batch.completions), len(batch))
+            else:
+                values = [float(s) if bool(m) else None for s, m in zip(batch.scores, batch.score_mask)]
+            for i, v in enumerate(values):
+                if v is not None and len(scores) < num_samples:
+                    scores.append(v)
+                    samples.append({"prompt": batch.prompts[i], "completion": batch.completions[i], "score": v})
+            lengths.extend(batch.completion_mask.sum(dim=1).tolist())
+    finally:
+        policy.train(was_training)
+    arr = np.asarray(scores, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std()), "scores": scores, "samples": samples,
+            "mean_length": float(np.mean(lengths))}
