@@ -76,8 +76,8 @@ class PPO(OnlineAlgorithm):
                 vf_loss, vf_stats = ppo_value_loss(out.values, batch.values[idx], returns[idx], mb_mask,
                                                    cfg.clip_range_value)
                 self.clip_and_step(pg_loss + cfg.vf_coef * vf_loss)
-                stats["pg"].append(float(pg_loss))
-                stats["vf"].append(float(vf_loss))
+                stats["pg"].append(pg_loss.item())
+                stats["vf"].append(vf_loss.item())
                 stats["clip"].append(float(pg_stats.clipfrac))
                 stats["vclip"].append(float(vf_stats.vf_clipfrac))
                 stats["approx_kl"].append(float(pg_stats.approx_kl))

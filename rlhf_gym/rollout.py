@@ -149,7 +149,7 @@ class RolloutWorker:
 
     @property
     def max_new_tokens(self) -> int:
-        return int(self.env.max_new_tokens)
+        return int(self.env.single_action_space.shape[0])
 
     def collect(self, return_logprobs: bool = False) -> Rollout:
         """Sample one completion per env slot, score them all with one provider call, return the batch."""
@@ -208,7 +208,8 @@ class RolloutWorker:
 
 def check_action_space(env: Any, policy: Any) -> None:
     """The policy's head must produce exactly the env's action vocabulary."""
-    env_vocab = int(getattr(env, "vocab_size", 0) or 0)
+    space = getattr(env, "single_action_space", None) or getattr(env, "action_space", None)
+    env_vocab = int(space.high.flat[0]) + 1 if hasattr(space, "high") else int(getattr(space, "n", 0) or 0)
     if env_vocab and env_vocab != policy.vocab_size:
         raise ConfigError(
             f"the policy's output head has {policy.vocab_size} tokens but the environment's action space has "
