@@ -83,40 +83,25 @@ class Rollout:
         return out
 
 
-def env_settings(env: Any) -> dict[str, Any]:
-    """The keyword arguments an rlhf_gym env was made with (single, vector or wrapped)."""
-    base = getattr(env, "unwrapped", env)
-    settings = getattr(base, "env_kwargs", None)
-    if settings is None and getattr(env, "spec", None) is not None:
-        settings = dict(env.spec.kwargs)
-    if settings is None:
-        raise ConfigError(
-            f"cannot read the settings of {type(env).__name__}; pass an env made with "
-            f"gym.make('rlhf_gym/Completion-v0', ...) or rlhf_gym's CompletionVectorEnv"
-        )
-    return dict(settings)
-
-
 def make_rollout_env(env: Any, num_envs: int, group_size: int = 1):
     """The batched Completion-v0 vector env an algorithm samples through, built from ``env``'s settings.
 
     A :class:`~rlhf_gym.envs.completion.CompletionVectorEnv` with the right batch shape is used as it is; any other
-    rlhf_gym env (Completion-v0 or TextGen-v0, single or vector) lends its settings (tokenizer, prompts, reward
-    provider object, lengths) to a new vector env, so the provider is shared, never copied.
+    rlhf_gym env (Completion-v0 or TextGen-v0, single or vector, wrapped or not) shares its loaded setup — the
+    tokenised prompts, tokenizer and reward provider object — with a new vector env: nothing is copied or re-tokenised.
     """
     from rlhf_gym.envs.completion import CompletionVectorEnv
 
     base = getattr(env, "unwrapped", env)
     if isinstance(base, CompletionVectorEnv) and base.num_envs == num_envs and base.group_size == group_size:
         return base
-    settings = env_settings(env)
-    settings.pop("num_envs", None)
-    settings.pop("group_size", None)
-    provider = getattr(base, "provider", None)
-    if provider is not None:  # reuse the live provider object rather than building a second one
-        settings["reward"] = provider
-        settings.pop("reward_kwargs", None)
-    return CompletionVectorEnv(num_envs=num_envs, group_size=group_size, **settings)
+    setup = getattr(base, "setup", None)
+    if setup is None:
+        raise ConfigError(
+            f"algorithms train on rlhf_gym environments; got {type(base).__name__}. Make one with "
+            f"gym.make('rlhf_gym/Completion-v0', tokenizer=..., prompts=..., reward=...)"
+        )
+    return CompletionVectorEnv(num_envs=num_envs, group_size=group_size, setup=setup)
 
 
 class RolloutWorker:
@@ -149,7 +134,7 @@ class RolloutWorker:
 
     @property
     def max_new_tokens(self) -> int:
-        return int(self.env.single_action_space.shape[0])
+        return int(self.env.max_new_tokens)
 
     def collect(self, return_logprobs: bool = False) -> Rollout:
         """Sample one completion per env slot, score them all with one provider call, return the batch."""
@@ -170,8 +155,9 @@ class RolloutWorker:
         extras = {k: list(v) for k, v in info.items()
                   if k not in ("prompt", "completion", "score", "score_valid") and not k.startswith("_")}
         completion_mask = gen.completion_mask
+        eos_ids = torch.tensor(self.policy.eos_token_ids or (-1,), device=device)
         extras["ended_with_eos"] = (
-            ((gen.completion_ids == self.policy.eos_token_id) & completion_mask.bool()).any(dim=1).cpu().tolist()
+            (torch.isin(gen.completion_ids, eos_ids) & completion_mask.bool()).any(dim=1).cpu().tolist()
         )
         return Rollout(
             prompt_ids=prompt_ids, prompt_mask=prompt_mask,
@@ -208,8 +194,7 @@ class RolloutWorker:
 
 def check_action_space(env: Any, policy: Any) -> None:
     """The policy's head must produce exactly the env's action vocabulary."""
-    space = getattr(env, "single_action_space", None) or getattr(env, "action_space", None)
-    env_vocab = int(space.high.flat[0]) + 1 if hasattr(space, "high") else int(getattr(space, "n", 0) or 0)
+    env_vocab = int(getattr(getattr(env, "unwrapped", env), "vocab_size", 0) or 0)
     if env_vocab and env_vocab != policy.vocab_size:
         raise ConfigError(
             f"the policy's output head has {policy.vocab_size} tokens but the environment's action space has "

@@ -154,6 +154,6 @@ def test_runtime_plugin_is_usable_in_gym_make(tiny_tokenizer):
 def test_installed_example_plugin_appears_in_cli_listing():
     """The example package in examples/rlhf_keyword_plugin is pip-installed by the setup script."""
     out = subprocess.run([sys.executable, "-m", "rlhf_gym", "plugins"], capture_output=True, text=True, check=True)
-    line = next(l for l in out.stdout.splitlines() if l.startswith("keyword-count"))
+    line = next(row for row in out.stdout.splitlines() if row.startswith("keyword-count"))
     assert "reward" in line and "rlhf-keyword-plugin" in line
-    assert any(l.startswith("ppo ") and "algorithm" in l for l in out.stdout.splitlines())
+    assert any(row.startswith("ppo ") and "algorithm" in row for row in out.stdout.splitlines())

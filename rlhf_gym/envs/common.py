@@ -563,3 +563,21 @@ class ProviderAwareSpec:
 
     def _init_metadata(self, base: Mapping[str, Any]) -> dict[str, Any]:
         return {**base, "nondeterministic": not self._setup.deterministic}
+
+    @property
+    def setup(self) -> TextEnvSetup:
+        """The env's loaded settings (tokenizer, tokenised prompts, provider, lengths), shareable with other envs."""
+        return self._setup
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self._setup.max_new_tokens
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return self._setup.max_prompt_tokens
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the action vocabulary (the model head)."""
+        return self._setup.vocab_size

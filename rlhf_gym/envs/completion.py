@@ -21,6 +21,7 @@ from rlhf_gym.envs.common import (
     DEFAULT_MAX_PROMPT_TOKENS,
     PromptSampler,
     ProviderAwareSpec,
+    TextEnvSetup,
     build_setup,
     completion_lengths,
     completion_rows,
@@ -214,7 +215,7 @@ class CompletionVectorEnv(ProviderAwareSpec, VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
-    def __init__(self, num_envs: int = 1, group_size: int = 1, **kwargs: Any):
+    def __init__(self, num_envs: int = 1, group_size: int = 1, setup: TextEnvSetup | None = None, **kwargs: Any):
         for name, value in (("num_envs", num_envs), ("group_size", group_size)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -224,7 +225,10 @@ class CompletionVectorEnv(ProviderAwareSpec, VectorEnv):
                 f"{group_size} shares one prompt"
             )
         kwargs.pop("render_mode", None)
-        self._setup = build_setup(ENV_ID, **kwargs)
+        if setup is not None and kwargs:
+            raise ValueError(f"pass either setup= or the env keyword arguments, not both (got {sorted(kwargs)})")
+        # An existing setup (another rlhf_gym env's) is shared: same tokenised prompts, tokenizer and provider.
+        self._setup = setup if setup is not None else build_setup(ENV_ID, **kwargs)
         self.metadata = self._init_metadata(type(self).metadata)
         setup = self._setup
         self.num_envs = int(num_envs)

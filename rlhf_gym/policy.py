@@ -1,0 +1,816 @@
+"""The policy wrapper every algorithm trains: a Hugging Face causal LM, its tokenizer and a value head.
+
+Rollouts, algorithms, the reward model and the SB3 adapter all go through :class:`Policy`, so the two costly
+operations of RLHF live here, written once and kept fast:
+
+* :meth:`Policy.generate` samples a batch of completions with the KV cache under ``torch.inference_mode()``, one
+  token per step for the whole batch, and can return the sampled tokens' log-probs on the way;
+* :meth:`Policy.forward` runs ONE batched forward over ``[prompt; completion]`` and returns every completion
+  token's log-prob (plus values and entropy on request), projecting the LM head only at completion positions.
+
+Tensor conventions (see ``docs/architecture.md``): prompts are left-padded ``(B, P)``; completions are
+right-padded ``(B, T)`` with a mask that covers the tokens up to and including the first EOS; position ids are
+always ``cumsum(mask) - 1`` clamped at 0, so left padding gives exactly the numbers an unpadded row would.
+
+The value head is a ``Linear(hidden, 1)`` on the policy's own final hidden states (one trunk). The reference
+model for the KL penalty is built only when asked for (:meth:`Policy.reference`): a frozen copy of the weights,
+or, for a LoRA policy, the same base model with the adapter switched off, which costs no memory at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rlhf_gym.errors import ConfigError, RLHFGymError
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+ADAPTER_DIR = "adapter"
+
+
+class ModelLoadError(RLHFGymError, OSError):
+    """A model or tokenizer could not be loaded from the name or path given."""
+
+
+@dataclass
+class Generation:
+    """A batch of sampled completions.
+
+    Attributes:
+        completion_ids: ``(B, T)`` int64 token ids, right-padded with the pad id after each row's first EOS.
+            ``T`` is ``max_new_tokens``, or fewer when every row ended early.
+        completion_mask: ``(B, T)`` int64, 1 for generated tokens up to and including the first EOS, 0 after.
+        logprobs: ``(B, T)`` float32 log-probs of the sampled tokens under the policy's distribution at the
+            sampling temperature (``log_softmax(logits / temperature)``), before top-k/top-p filtering and EOS
+            suppression, zero where the mask is 0; ``None`` unless ``return_logprobs=True``.
+    """
+
+    completion_ids: Tensor
+    completion_mask: Tensor
+    logprobs: Tensor | None = None
+
+    @property
+    def lengths(self) -> Tensor:
+        """``(B,)`` number of generated tokens per row, EOS included."""
+        return self.completion_mask.sum(-1)
+
+    def pad_to(self, length: int, pad_token_id: int) -> Generation:
+        """Return a copy right-padded to ``length`` tokens (mask 0, log-prob 0 on the new columns)."""
+        extra = length - self.completion_ids.shape[1]
+        if extra < 0:
+            raise ValueError(f"cannot pad {self.completion_ids.shape[1]} tokens down to {length}")
+        if extra == 0:
+            return self
+        return Generation(
+            completion_ids=F.pad(self.completion_ids, (0, extra), value=pad_token_id),
+            completion_mask=F.pad(self.completion_mask, (0, extra), value=0),
+            logprobs=None if self.logprobs is None else F.pad(self.logprobs, (0, extra), value=0.0),
+        )
+
+
+@dataclass
+class TokenStats:
+    """Per-completion-token outputs of one batched forward, each ``(B, T)`` and zero where the mask is 0.
+
+    Attributes:
+        logprobs: log-prob of each completion token under ``log_softmax(logits / temperature)``.
+        values: value-head estimate of the state before each token (float32), when asked for.
+        entropy: entropy of the next-token distribution at each completion position, when asked for.
+    """
+
+    logprobs: Tensor
+    values: Tensor | None = None
+    entropy: Tensor | None = None
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Position ids for left- or right-padded rows: ``cumsum(mask) - 1`` clamped at 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+
+
+def _split_lm(model: Any) -> tuple[Any, Any]:
+    """Find the trunk (the module producing final hidden states) and the LM head of a causal LM.
+
+    For a PEFT model the trunk is the wrapped model's own trunk, whose layers carry the adapter, so calling it
+    directly honours ``disable_adapter()``.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    trunk = getattr(base, "base_model", None)
+    if trunk is None or trunk is base:
+        trunk = base.get_decoder() if hasattr(base, "get_decoder") else None
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if trunk is None or trunk is base or head is None:
+        raise ConfigError(
+            f"{type(base).__name__} does not expose its transformer trunk and LM head (base_model / "
+            f"get_output_embeddings); Policy needs a Hugging Face *ForCausalLM model"
+        )
+    return trunk, head
+
+
+def _completion_hidden(
+    trunk: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor
+) -> Tensor:
+    """Final hidden states at the positions that predict each completion token: ``P-1 … P+T-2``."""
+    if input_ids.shape[0] != completion_ids.shape[0]:
+        raise ValueError(
+            f"prompt batch ({input_ids.shape[0]}) and completion batch ({completion_ids.shape[0]}) differ"
+        )
+    prompt_len, completion_len = input_ids.shape[1], completion_ids.shape[1]
+    ids = torch.cat([input_ids, completion_ids.to(input_ids.dtype)], dim=1)
+    mask = torch.cat([attention_mask, completion_mask.to(attention_mask.dtype)], dim=1)
+    # The last completion token predicts nothing we score, so it need not be fed at all.
+    ids, mask = ids[:, :-1], mask[:, :-1]
+    hidden = trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).last_hidden_state
+    return hidden[:, prompt_len - 1 : prompt_len - 1 + completion_len]
+
+
+def _token_stats(
+    head: nn.Module,
+    hidden: Tensor,
+    completion_ids: Tensor,
+    completion_mask: Tensor,
+    *,
+    temperature: float,
+    with_entropy: bool,
+    value_head: nn.Module | None = None,
+) -> TokenStats:
+    """Log-probs (and entropy, values) of completion tokens from their predicting hidden states."""
+    logits = head(hidden).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    mask = completion_mask.to(torch.bool)
+    ids = completion_ids.long().unsqueeze(-1)
+    entropy = None
+    if with_entropy:
+        logp_all = torch.log_softmax(logits, dim=-1)
+        logprobs = logp_all.gather(-1, ids).squeeze(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1).masked_fill(~mask, 0.0)
+    else:  # no (B, T, V) log-softmax tensor kept around
+        logprobs = logits.gather(-1, ids).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    values = None
+    if value_head is not None:
+        values = value_head(hidden.float()).squeeze(-1).masked_fill(~mask, 0.0)
+    return TokenStats(logprobs=logprobs.masked_fill(~mask, 0.0), values=values, entropy=entropy)
+
+
+def _output_cache(output: Any) -> Any:
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def _check_prompt_batch(input_ids: Tensor, attention_mask: Tensor) -> None:
+    if input_ids.dim() != 2 or input_ids.shape != attention_mask.shape:
+        raise ValueError(
+            f"input_ids and attention_mask must both be (batch, prompt_len); got {tuple(input_ids.shape)} and "
+            f"{tuple(attention_mask.shape)}"
+        )
+    if input_ids.shape[1] == 0 or not bool(attention_mask[:, -1].all()):
+        raise ValueError(
+            "prompts must be left-padded with at least one real token per row (attention_mask[:, -1] == 1); "
+            "build them with Policy.tokenize_prompts"
+        )
+
+
+def _filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
+    """Top-k then nucleus filtering: tokens outside the kept set get ``-inf``."""
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    return logits
+
+
+class ReferenceModel:
+    """The frozen model the KL penalty is measured against.
+
+    Either an independent frozen copy of the policy's language model, or (LoRA) the policy's own model with the
+    adapter switched off for the duration of each call. Never part of the policy's parameters.
+    """
+
+    def __init__(self, model: Any, *, adapter_disabled: bool = False) -> None:
+        self.model: Any = model
+        self.adapter_disabled = adapter_disabled
+        self._trunk, self._head = _split_lm(model)
+
+    @contextlib.contextmanager
+    def _frozen(self) -> Iterator[None]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode(), (
+                self.model.disable_adapter() if self.adapter_disabled else contextlib.nullcontext()
+            ):
+                yield
+        finally:
+            self.model.train(was_training)
+
+    def logprobs(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        completion_ids: Tensor,
+        completion_mask: Tensor,
+        *,
+        temperature: float = 1.0,
+    ) -> Tensor:
+        """``(B, T)`` log-probs of the completion tokens under the reference model (0 where masked).
+
+        Runs under ``torch.inference_mode()``; the result is a plain tensor usable in a loss.
+        """
+        with self._frozen():
+            hidden = _completion_hidden(self._trunk, input_ids, attention_mask, completion_ids, completion_mask)
+            stats = _token_stats(
+                self._head, hidden, completion_ids, completion_mask, temperature=temperature, with_entropy=False
+            )
+        return stats.logprobs.clone()
+
+    def sequence_logprobs(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        completion_ids: Tensor,
+        completion_mask: Tensor,
+        *,
+        temperature: float = 1.0,
+    ) -> Tensor:
+        """``(B,)`` summed completion log-probs under the reference model (DPO's reference term)."""
+        return self.logprobs(
+            input_ids, attention_mask, completion_ids, completion_mask, temperature=temperature
+        ).sum(-1)
+
+
+class Policy(nn.Module):
+    """A causal LM with its tokenizer and an optional value head on the same trunk.
+
+    Args:
+        model: a Hugging Face ``*ForCausalLM`` model, or a ``peft`` model wrapping one (LoRA).
+        tokenizer: its tokenizer.
+        value_head: add a ``Linear(hidden, 1)`` value head (float32, initialised small), or pass a module.
+        disable_dropout: set every dropout probability of the language model to 0 (LoRA dropout excepted), so
+            sampling, training forwards and the reference agree — the usual choice for RL fine-tuning.
+
+    Example:
+        >>> policy = Policy.from_pretrained("path/to/model", lora={"r": 8})      # doctest: +SKIP
+        >>> ids, mask = policy.tokenize_prompts(["The movie was"], max_prompt_tokens=32)  # doctest: +SKIP
+        >>> gen = policy.generate(ids, mask, 32, return_logprobs=True)          # doctest: +SKIP
+        >>> stats = policy(ids, mask, gen.completion_ids, gen.completion_mask, with_values=True)  # doctest: +SKIP
+    """
+
+    model: Any
+    _trunk: Any
+    _head: Any
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        value_head: bool | nn.Module = True,
+        disable_dropout: bool = True,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        trunk, head = _split_lm(model)
+        # Plain attributes, not submodules: they are parts of `model` and must not appear twice in state_dict.
+        object.__setattr__(self, "_trunk", trunk)
+        object.__setattr__(self, "_head", head)
+        if disable_dropout:
+            for name, module in model.named_modules():
+                if isinstance(module, nn.Dropout) and "lora_dropout" not in name:
+                    module.p = 0.0
+        self.value_head: nn.Module | None = None
+        if value_head is True:
+            self.add_value_head()
+        elif isinstance(value_head, nn.Module):
+            self.value_head = value_head
+        self.eos_token_ids: tuple[int, ...] = self._find_eos_ids()
+        self.eos_token_id: int | None = self.eos_token_ids[0] if self.eos_token_ids else None
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_token_id: int = int(pad if pad is not None else (self.eos_token_id or 0))
+        self._reference: ReferenceModel | None = None
+
+    # ------------------------------------------------------------------ loading and saving
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        tokenizer: Any = None,
+        value_head: bool = True,
+        lora: Any = None,
+        trust_remote_code: bool = False,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        disable_dropout: bool = True,
+    ) -> Policy:
+        """Load a causal LM (hub id or local directory) and wrap it.
+
+        A directory written by :meth:`save_pretrained` restores everything: the model, its LoRA adapter (kept
+        separate, so the reference is still the base) and the value head.
+
+        Args:
+            name_or_path: a Hugging Face hub id or a local directory.
+            tokenizer: a tokenizer object or name/path; default: the one stored with the model.
+            value_head: attach a value head (restored from ``value_head.safetensors`` when the directory has one).
+            lora: a ``peft.LoraConfig`` or a dict of its keyword arguments to train a LoRA adapter instead of all
+                weights.
+            trust_remote_code: allow custom modelling code shipped with the checkpoint (off by default).
+            dtype: weight dtype (``torch.bfloat16`` or ``"bfloat16"``); the value head stays float32.
+            device: where to put the model.
+            disable_dropout: see :class:`Policy`.
+
+        Raises:
+            ModelLoadError: the path does not exist, the hub cannot be reached, or the checkpoint is not a
+                causal language model.
+        """
+        from transformers import AutoModelForCausalLM
+
+        source = os.fspath(name_or_path)
+        path = Path(source).expanduser()
+        looks_local = path.is_absolute() or source.startswith((".", "~")) or path.exists()
+        if looks_local and not path.is_dir():
+            raise ModelLoadError(
+                f"model path {source!r} does not exist. Pass a Hugging Face hub id or a local directory holding "
+                f"a saved model (config.json + weights, e.g. written by Policy.save_pretrained)."
+            )
+        load_from = str(path) if looks_local else source
+        adapter_dir = path / ADAPTER_DIR if looks_local else None
+        has_adapter = adapter_dir is not None and (adapter_dir / "adapter_config.json").is_file()
+        if has_adapter and lora is not None:
+            raise ConfigError(
+                f"{source!r} already holds a LoRA adapter; load it without `lora=` to continue training it"
+            )
+
+        _check_causal_lm(load_from, trust_remote_code)
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if dtype is not None:
+            kwargs["dtype"] = _as_dtype(dtype)
+        try:
+            model: Any = AutoModelForCausalLM.from_pretrained(load_from, **kwargs)
+        except OSError as exc:
+            raise ModelLoadError(_load_failure_message("model", source, exc)) from exc
+        if device is not None:
+            model = model.to(device)
+
+        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = _load_tokenizer(os.fspath(tokenizer) if tokenizer is not None else load_from, trust_remote_code)
+
+        if has_adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+        elif lora is not None:
+            model = _apply_lora(model, lora)
+
+        value_file = path / VALUE_HEAD_FILE if looks_local else None
+        policy = cls(model, tokenizer, value_head=value_head, disable_dropout=disable_dropout)
+        if value_head and value_file is not None and value_file.is_file():
+            from safetensors.torch import load_file
+
+            assert policy.value_head is not None
+            policy.value_head.load_state_dict(load_file(str(value_file), device=str(policy.device)))
+        return policy
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> Policy:
+        """Load a directory written by :meth:`save_pretrained` (same as :meth:`from_pretrained`)."""
+        return cls.from_pretrained(path, **kwargs)
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> None:
+        """Write the model (safetensors), tokenizer and value head to ``path``.
+
+        A LoRA policy writes its base weights at the top level and the adapter under ``adapter/``, so loading the
+        directory gives back the same policy and the same reference model.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if self.is_peft:
+            base = self.model.get_base_model()
+            base.save_pretrained(str(path), state_dict=_base_state_dict(base.state_dict()))
+            self.model.save_pretrained(str(path / ADAPTER_DIR))
+        else:
+            self.model.save_pretrained(str(path))
+        self.tokenizer.save_pretrained(str(path))
+        if self.value_head is not None:
+            from safetensors.torch import save_file
+
+            state = {k: v.detach().contiguous().cpu() for k, v in self.value_head.state_dict().items()}
+            save_file(state, str(path / VALUE_HEAD_FILE))
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the LM head's output (the action space), which may differ from ``len(tokenizer)``."""
+        return int(self._head.weight.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the language model's weights."""
+        return self._head.weight.device
+
+    @property
+    def is_peft(self) -> bool:
+        """Whether the model is a ``peft`` model (LoRA)."""
+        return hasattr(self.model, "disable_adapter") and hasattr(self.model, "get_base_model")
+
+    def add_value_head(self) -> nn.Module:
+        """Attach a fresh value head (``Linear(hidden, 1)``, float32, near-zero init) and return it."""
+        hidden_size = self._head.weight.shape[1]
+        head = nn.Linear(hidden_size, 1, dtype=torch.float32, device=self._head.weight.device)
+        nn.init.normal_(head.weight, std=1e-3)
+        nn.init.zeros_(head.bias)
+        self.value_head = head
+        return head
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters an optimizer should update: all weights, or the adapter and value head with LoRA."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _find_eos_ids(self) -> tuple[int, ...]:
+        ids: list[int] = []
+        candidates: list[Any] = [getattr(self.tokenizer, "eos_token_id", None)]
+        generation_config = getattr(self._base_model(), "generation_config", None)
+        candidates.append(getattr(generation_config, "eos_token_id", None))
+        for value in candidates:
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                if item is not None and int(item) not in ids:
+                    ids.append(int(item))
+        return tuple(ids)
+
+    def _base_model(self) -> nn.Module:
+        return self.model.get_base_model() if self.is_peft else self.model
+
+    # ------------------------------------------------------------------ tokenisation
+
+    def tokenize_prompts(self, prompts: Sequence[str], max_prompt_tokens: int) -> tuple[Tensor, Tensor]:
+        """Tokenise prompts into a left-padded batch, keeping the last ``max_prompt_tokens`` tokens of each.
+
+        A prompt with no tokens at all becomes the BOS (else EOS) token, so every row has something to condition
+        on. Returns ``(input_ids, attention_mask)``, both int64 ``(B, P)`` on the policy's device.
+        """
+        if isinstance(prompts, str):
+            raise TypeError("tokenize_prompts takes a list of prompts, not a single string")
+        if max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
+        encoded = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        start = getattr(self.tokenizer, "bos_token_id", None)
+        start = start if start is not None else self.eos_token_id
+        rows = []
+        for ids in encoded:
+            ids = list(ids)[-max_prompt_tokens:]
+            if not ids:
+                if start is None:
+                    raise ValueError("an empty prompt needs a BOS or EOS token, and the tokenizer has neither")
+                ids = [start]
+            rows.append(ids)
+        width = max((len(r) for r in rows), default=1)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, ids in enumerate(rows):
+            input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[i, width - len(ids) :] = 1
+        return input_ids.to(self.device), attention_mask.to(self.device)
+
+    # ------------------------------------------------------------------ sampling
+
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        do_sample: bool = True,
+        min_new_tokens: int = 0,
+        generator: torch.Generator | None = None,
+        return_logprobs: bool = False,
+    ) -> Generation:
+        """Sample completions for a left-padded prompt batch, with the KV cache, under inference mode.
+
+        Args:
+            input_ids: ``(B, P)`` left-padded prompt ids (see :meth:`tokenize_prompts`).
+            attention_mask: ``(B, P)`` its mask.
+            max_new_tokens: the most tokens to generate; stops earlier once every row has produced EOS.
+            temperature: logits are divided by it before sampling (and for the returned log-probs).
+            top_k: keep only the ``top_k`` most likely tokens when sampling (0: all).
+            top_p: nucleus sampling: keep the smallest set of tokens with probability mass >= ``top_p``.
+            do_sample: sample (True) or take the most likely token (False).
+            min_new_tokens: EOS cannot be chosen before this many tokens.
+            generator: random generator for reproducible sampling (on the policy's device).
+            return_logprobs: also return each sampled token's log-prob under ``log_softmax(logits /
+                temperature)`` — the distribution :meth:`forward` scores with the same temperature, i.e. without
+                the top-k/top-p filtering or EOS suppression.
+
+        Returns:
+            A :class:`Generation`; ``completion_ids`` is right-padded with the pad id after each row's first EOS.
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (use do_sample=False for greedy), got {temperature}")
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {top_k}")
+        _check_prompt_batch(input_ids, attention_mask)
+        with torch.inference_mode():
+            ids, mask, logprobs = self._sample(
+                input_ids,
+                attention_mask,
+                max_new_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                do_sample=do_sample,
+                min_new_tokens=min_new_tokens,
+                generator=generator,
+                return_logprobs=return_logprobs,
+            )
+        # Clone outside inference mode so callers can use the results in autograd (e.g. as gather indices).
+        return Generation(ids.clone(), mask.clone(), None if logprobs is None else logprobs.clone())
+
+    def _sample(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        do_sample: bool,
+        min_new_tokens: int,
+        generator: torch.Generator | None,
+        return_logprobs: bool,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        batch, prompt_len = input_ids.shape
+        device = input_ids.device
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            # Pre-allocated buffers; each step writes one column.
+            full_mask = torch.ones(batch, prompt_len + max_new_tokens, dtype=attention_mask.dtype, device=device)
+            full_mask[:, :prompt_len] = attention_mask
+            tokens = torch.full((batch, max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
+            token_mask = torch.zeros((batch, max_new_tokens), dtype=torch.long, device=device)
+            logprobs = torch.zeros((batch, max_new_tokens), dtype=torch.float32, device=device) if return_logprobs else None
+            done = torch.zeros(batch, dtype=torch.bool, device=device)
+            eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=device)
+            pad = torch.tensor(self.pad_token_id, dtype=torch.long, device=device)
+
+            positions = position_ids_from_mask(attention_mask)
+            next_position = positions[:, -1:] + 1
+            # transformers 5.x names the KV cache argument `cache`; older releases `past_key_values`.
+            cache_arg = "cache" if "cache" in inspect.signature(self._trunk.forward).parameters else "past_key_values"
+            out = self._trunk(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True
+            )
+            cache = _output_cache(out)
+            hidden = out.last_hidden_state[:, -1]
+            steps = 0
+            for t in range(max_new_tokens):
+                logits = self._head(hidden).float()
+                if temperature != 1.0:
+                    logits = logits / temperature
+                choice_logits = logits
+                if t < min_new_tokens and eos.numel():
+                    choice_logits = logits.index_fill(-1, eos, float("-inf"))
+                if do_sample:
+                    choice_logits = _filter_logits(choice_logits, top_k, top_p)
+                    next_token = torch.multinomial(choice_logits.softmax(-1), 1, generator=generator).squeeze(-1)
+                else:
+                    next_token = choice_logits.argmax(-1)
+                if logprobs is not None:
+                    picked = logits.gather(-1, next_token.unsqueeze(-1)).squeeze(-1)
+                    logprobs[:, t] = (picked - torch.logsumexp(logits, dim=-1)).masked_fill_(done, 0.0)
+                token_mask[:, t] = (~done).long()
+                tokens[:, t] = torch.where(done, pad, next_token)
+                done |= torch.isin(next_token, eos)
+                steps = t + 1
+                if steps == max_new_tokens or bool(done.all()):
+                    break
+                out = self._trunk(
+                    input_ids=tokens[:, t : t + 1],
+                    attention_mask=full_mask[:, : prompt_len + t + 1],
+                    position_ids=next_position + t,
+                    use_cache=True,
+                    **{cache_arg: cache},
+                )
+                cache = _output_cache(out)
+                hidden = out.last_hidden_state[:, -1]
+        finally:
+            self.model.train(was_training)
+        return (
+            tokens[:, :steps],
+            token_mask[:, :steps],
+            None if logprobs is None else logprobs[:, :steps],
+        )
+
+    # ------------------------------------------------------------------ scoring
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        completion_ids: Tensor,
+        completion_mask: Tensor,
+        *,
+        with_values: bool = False,
+        with_entropy: bool = False,
+        temperature: float = 1.0,
+    ) -> TokenStats:
+        """One batched forward over ``[prompt; completion]``: per-token log-probs, and values/entropy on request.
+
+        The LM head is applied only at the ``T`` positions that predict completion tokens. Gradients flow (call it
+        under ``torch.no_grad()`` for old log-probs if you do not use :meth:`generate`'s).
+
+        Args:
+            input_ids: ``(B, P)`` left-padded prompt ids.
+            attention_mask: ``(B, P)`` prompt mask.
+            completion_ids: ``(B, T)`` right-padded completion ids.
+            completion_mask: ``(B, T)`` completion mask.
+            with_values: also return the value head's estimates (needs a value head).
+            with_entropy: also return the entropy of each next-token distribution.
+            temperature: divide the logits by it (match the sampling temperature).
+        """
+        if with_values and self.value_head is None:
+            raise ConfigError("with_values=True needs a value head; build the Policy with value_head=True")
+        _check_prompt_batch(input_ids, attention_mask)
+        if completion_ids.shape != completion_mask.shape or completion_ids.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"completion_ids {tuple(completion_ids.shape)} and completion_mask {tuple(completion_mask.shape)} "
+                f"must both be (batch={input_ids.shape[0]}, completion_len)"
+            )
+        hidden = _completion_hidden(self._trunk, input_ids, attention_mask, completion_ids, completion_mask)
+        return _token_stats(
+            self._head,
+            hidden,
+            completion_ids,
+            completion_mask,
+            temperature=temperature,
+            with_entropy=with_entropy,
+            value_head=self.value_head if with_values else None,
+        )
+
+    def sequence_logprobs(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        completion_ids: Tensor,
+        completion_mask: Tensor,
+        *,
+        temperature: float = 1.0,
+    ) -> Tensor:
+        """``(B,)`` sum of completion-token log-probs (what DPO compares)."""
+        return self.forward(
+            input_ids, attention_mask, completion_ids, completion_mask, temperature=temperature
+        ).logprobs.sum(-1)
+
+    def reference(self) -> ReferenceModel:
+        """The frozen reference model, built on the first call and reused after.
+
+        With LoRA it is the base model with the adapter disabled (always the initial weights, no extra memory).
+        Otherwise it is a frozen deep copy of the language model *as it is at the first call*: ask for it before
+        training starts, and only when it is needed (KL coefficient β > 0).
+        """
+        if self._reference is None:
+            if self.is_peft:
+                self._reference = ReferenceModel(self.model, adapter_disabled=True)
+            else:
+                frozen = copy.deepcopy(self.model).eval()
+                frozen.requires_grad_(False)
+                self._reference = ReferenceModel(frozen)
+        return self._reference
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> Policy:  # type: ignore[override]
+        # Keep a frozen reference copy on the same device/dtype as the policy when the policy is moved.
+        super()._apply(fn, recurse)
+        if self._reference is not None and not self._reference.adapter_disabled:
+            self._reference.model._apply(fn, recurse)
+        return self
+
+
+# ---------------------------------------------------------------------- loading helpers
+
+
+_NON_GENERATIVE_HEADS = (
+    "ForSequenceClassification",
+    "ForTokenClassification",
+    "ForQuestionAnswering",
+    "ForMultipleChoice",
+    "ForMaskedLM",
+    "ForImageClassification",
+)
+
+
+def _check_causal_lm(load_from: str, trust_remote_code: bool) -> None:
+    """Fail early, with a useful message, on checkpoints that are not causal language models."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(load_from, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ModelLoadError(_load_failure_message("model", load_from, exc)) from exc
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ModelLoadError(
+                f"{load_from!r} needs custom code to load; pass trust_remote_code=True only if you trust its "
+                f"source"
+            ) from exc
+        raise ModelLoadError(f"cannot read the config of {load_from!r}: {exc}") from exc
+    has_remote_model = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    architectures = list(getattr(config, "architectures", None) or [])
+    # A checkpoint saved with a task head (a reward model, a classifier) is not a policy, even when its model
+    # type also has a causal-LM variant (BERT, RoBERTa).
+    task_head_only = bool(architectures) and all(a.endswith(_NON_GENERATIVE_HEADS) for a in architectures)
+    if task_head_only or (config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not has_remote_model):
+        described = ", ".join(architectures) or config.model_type
+        raise ModelLoadError(
+            f"{load_from!r} is a {described} checkpoint, not a causal language model; the policy needs a "
+            f"*ForCausalLM model (GPT-2, Llama, Qwen, …). Reward models are loaded by rlhf_gym.reward_model."
+        )
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype | str:
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ConfigError(f"unknown dtype {dtype!r}; use e.g. torch.float32, 'bfloat16', 'float16' or 'auto'")
+    return resolved
+
+
+def _load_tokenizer(source: str, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(_load_failure_message("tokenizer", source, exc)) from exc
+
+
+def _load_failure_message(what: str, source: str, exc: Exception) -> str:
+    return (
+        f"could not load the {what} from {source!r} ({exc}). Pass a Hugging Face hub id or a local directory "
+        f"holding a saved {what}; note that this machine may be offline, in which case only local directories "
+        f"and already-cached hub ids work."
+    )
+
+
+def _apply_lora(model: nn.Module, lora: Any) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    if isinstance(lora, Mapping):
+        # GPT-2 style Conv1D layers store weights transposed; peft needs to be told (it warns otherwise).
+        uses_conv1d = any(type(m).__name__ == "Conv1D" for m in model.modules())
+        options = {"task_type": "CAUSAL_LM", "fan_in_fan_out": uses_conv1d, **lora}
+        try:
+            config = LoraConfig(**options)
+        except TypeError as exc:
+            raise ConfigError(f"invalid LoRA options {dict(lora)!r}: {exc}") from exc
+    elif isinstance(lora, LoraConfig):
+        config = lora
+    else:
+        raise ConfigError(f"lora must be a peft.LoraConfig or a dict of its arguments, got {type(lora).__name__}")
+    return get_peft_model(model, config)
+
+
+def _base_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The base model's own weights from a LoRA-injected state dict (adapter tensors dropped, names restored)."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if ".lora_" in key or ".modules_to_save." in key:
+            continue
+        out[key.replace(".base_layer.", ".").replace(".original_module.", ".")] = value
+    return out
+
+
+__all__ = [
+    "Generation",
+    "ModelLoadError",
+    "Policy",
+    "ReferenceModel",
+    "TokenStats",
+    "position_ids_from_mask",
+]
