@@ -117,7 +117,7 @@ class DPO(OnlineAlgorithm):
         self.clip_and_step(loss)
         margins = out.chosen_rewards - out.rejected_rewards
         return {
-            "loss/policy_avg": float(loss),
+            "loss/policy_avg": loss.item(),
             "rewards/chosen": float(out.chosen_rewards.mean()),
             "rewards/rejected": float(out.rejected_rewards.mean()),
             "rewards/accuracies": float((margins > 0).float().mean()),

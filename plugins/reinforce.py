@@ -72,7 +72,7 @@ class REINFORCE(OnlineAlgorithm):
         self.update_kl_controller(batch)
         metrics = self.batch_metrics(batch, entropy=float(masked_mean(out.entropy.detach(), mask)))
         metrics.update({
-            "loss/policy_avg": float(loss),
+            "loss/policy_avg": loss.item(),
             "objective/advantage_std": float(adv[batch.valid].std()) if int(batch.valid.sum()) > 1 else 0.0,
             "timing/update": update_time + r.timing.get("forward", 0.0),
         })

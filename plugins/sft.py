@@ -68,7 +68,7 @@ class SFT(Algorithm):
         out = self.policy(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx, :width], mask[:, :width])
         loss = sft_loss(out.logprobs, mask[:, :width])
         self.clip_and_step(loss)
-        return {"loss/sft": float(loss), "timing/update": time.perf_counter() - start,
+        return {"loss/sft": loss.item(), "timing/update": time.perf_counter() - start,
                 "perf/tokens_per_s": float(mask.sum()) / max(time.perf_counter() - start, 1e-9)}
 
     def extra_state(self):

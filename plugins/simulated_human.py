@@ -188,6 +188,13 @@ class SimulatedHuman(RewardProvider):
         """Restart the random stream (from ``seed``, or from the constructor's seed when ``None``)."""
         self._rng = np.random.default_rng(self.seed if seed is None else seed)
 
+    def state_dict(self) -> dict:
+        """The random stream's position (JSON-able), so a checkpointed experiment resumes exactly."""
+        return {"rng": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._rng.bit_generator.state = state["rng"]
+
     def _judge(self, prompts: Sequence[str], completions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(raw ground truth, perceived utility) per completion."""
         raw, unit = self.truth.evaluate(prompts, completions, normalize=self.normalize == "range")
@@ -383,6 +390,15 @@ class SimulatedPanel(RewardProvider):
             member.name = member.name or f"annotator-{i}"
         self._rng = np.random.default_rng(seeds[-1])
         self.deterministic = seed is not None and all(m.deterministic for m in self.members)
+
+    def state_dict(self) -> dict:
+        """Random-stream positions of the panel and every member."""
+        return {"rng": self._rng.bit_generator.state, "members": [m.state_dict() for m in self.members]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._rng.bit_generator.state = state["rng"]
+        for member, member_state in zip(self.members, state["members"]):
+            member.load_state_dict(member_state)
 
     @staticmethod
     def _weight_rows(

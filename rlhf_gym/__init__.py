@@ -54,6 +54,7 @@ __all__ = [
     "PluginWarning",
     "Policy",
     "PreferenceStore",
+    "PreferenceStoreError",
     "RLHFGymError",
     "RewardError",
     "RewardProvider",

@@ -31,6 +31,8 @@ def field_help(config_cls: type) -> dict[str, str]:
 
 def _coerce(value: Any, annotation: Any, name: str) -> Any:
     """Convert strings from the command line or a YAML file to the field's type."""
+    if annotation is Any:
+        return value
     if not isinstance(value, str):
         if annotation is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)

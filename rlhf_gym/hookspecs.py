@@ -11,7 +11,8 @@ The built-in reward providers and algorithms are registered through exactly thes
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

@@ -141,7 +141,7 @@ class _Registry:
                 plugin_name = impl.plugin_name
                 dist = self._sources.get(plugin_name, "<unknown>")
 
-                def register(name: str, obj: Any, _plugin: str = plugin_name, _dist: str = dist) -> None:
+                def register(name: str, obj: Any, _plugin: str = plugin_name, _dist: str = dist, kind: str = kind) -> None:
                     if not isinstance(name, str) or not name:
                         raise ValueError(f"a {kind} name must be a non-empty string, got {name!r}")
                     if not callable(obj):

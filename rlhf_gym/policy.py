@@ -435,7 +435,11 @@ class Policy(nn.Module):
         """Attach a fresh value head (``Linear(hidden, 1)``, float32, near-zero init) and return it."""
         hidden_size = self._head.weight.shape[1]
         head = nn.Linear(hidden_size, 1, dtype=torch.float32, device=self._head.weight.device)
-        nn.init.normal_(head.weight, std=1e-3)
+        # Drawn from its own fixed-seed generator, not the global RNG, so a policy is the same however many
+        # were built before it in the process (seeded runs reproduce exactly).
+        init = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=init) * 1e-3)
         nn.init.zeros_(head.bias)
         self.value_head = head
         return head

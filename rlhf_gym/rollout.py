@@ -173,20 +173,16 @@ class RolloutWorker:
     # -- exact resume ------------------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """RNG states of sampling, prompt order and the provider, for checkpoints."""
-        values: dict[str, Any] = {"env_rng": self.env.np_random.bit_generator.state,
+        values: dict[str, Any] = {"env": self.env.get_state(),
                                   "obs": {k: np.asarray(v).tolist() for k, v in self._obs.items()}}
         provider_state = getattr(self.provider, "state_dict", None)
         if callable(provider_state):
             values["provider"] = provider_state()
-        if hasattr(self.env, "get_state"):
-            values["env"] = self.env.get_state()
         return {"sampler_rng": self.generator.get_state()}, values
 
     def load_state(self, tensors: Mapping[str, torch.Tensor], values: Mapping[str, Any]) -> None:
         self.generator.set_state(tensors["sampler_rng"])
-        self.env.np_random.bit_generator.state = values["env_rng"]
-        if "env" in values and hasattr(self.env, "set_state"):
-            self.env.set_state(values["env"])
+        self.env.set_state(values["env"])
         self._obs = {k: np.asarray(v, dtype=np.int64) for k, v in values["obs"].items()}
         if "provider" in values and callable(getattr(self.provider, "load_state_dict", None)):
             self.provider.load_state_dict(values["provider"])

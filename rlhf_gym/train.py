@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -63,26 +62,24 @@ RUN_OPTION_HELP = {
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     defaults = RunOptions()
-    for key in RUN_OPTION_HELP:
-        value = getattr(defaults, key)
-        if value not in (None, {}, ""):
-            RUN_OPTION_HELP[key] = f"{RUN_OPTION_HELP[key]} (default: {value})"
-    parser.add_argument("--algo", help=RUN_OPTION_HELP["algo"])
-    parser.add_argument("--reward", help=RUN_OPTION_HELP["reward"])
-    parser.add_argument("--reward-kwargs", dest="reward_kwargs", help=RUN_OPTION_HELP["reward_kwargs"])
-    parser.add_argument("--model", help=RUN_OPTION_HELP["model"])
-    parser.add_argument("--prompts", help=RUN_OPTION_HELP["prompts"])
+    help_text = {key: text if getattr(defaults, key) in (None, {}, "") else f"{text} (default: {getattr(defaults, key)})"
+                 for key, text in RUN_OPTION_HELP.items()}
+    parser.add_argument("--algo", help=help_text["algo"])
+    parser.add_argument("--reward", help=help_text["reward"])
+    parser.add_argument("--reward-kwargs", dest="reward_kwargs", help=help_text["reward_kwargs"])
+    parser.add_argument("--model", help=help_text["model"])
+    parser.add_argument("--prompts", help=help_text["prompts"])
     parser.add_argument("--config", help="YAML or TOML file of run options and algorithm config fields")
-    parser.add_argument("--seed", type=int, help=RUN_OPTION_HELP["seed"])
-    parser.add_argument("--out", help=RUN_OPTION_HELP["out"])
+    parser.add_argument("--seed", type=int, help=help_text["seed"])
+    parser.add_argument("--out", help=help_text["out"])
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    parser.add_argument("--updates", type=int, help=RUN_OPTION_HELP["updates"])
-    parser.add_argument("--sft-updates", dest="sft_updates", type=int, help=RUN_OPTION_HELP["sft_updates"])
-    parser.add_argument("--eval-samples", dest="eval_samples", type=int, help=RUN_OPTION_HELP["eval_samples"])
-    parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help=RUN_OPTION_HELP["max_new_tokens"])
+    parser.add_argument("--updates", type=int, help=help_text["updates"])
+    parser.add_argument("--sft-updates", dest="sft_updates", type=int, help=help_text["sft_updates"])
+    parser.add_argument("--eval-samples", dest="eval_samples", type=int, help=help_text["eval_samples"])
+    parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help=help_text["max_new_tokens"])
     parser.add_argument("--max-prompt-tokens", dest="max_prompt_tokens", type=int,
-                        help=RUN_OPTION_HELP["max_prompt_tokens"])
-    parser.add_argument("--ground-truth", dest="ground_truth", help=RUN_OPTION_HELP["ground_truth"])
+                        help=help_text["max_prompt_tokens"])
+    parser.add_argument("--ground-truth", dest="ground_truth", help=help_text["ground_truth"])
     parser.add_argument("--beta", type=float,
                         help=f"KL coefficient β; in the demo, --beta 0 adds a run without the penalty next to the "
                              f"β={DEMO_BETA} one")

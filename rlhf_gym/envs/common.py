@@ -399,6 +399,14 @@ class PromptSampler:
         """Begin a new pass at the next draw."""
         self._pos = self.n
 
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able position in the current pass (for exact resumes)."""
+        return {"order": self._order.tolist(), "pos": int(self._pos)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._order = np.asarray(state["order"], dtype=np.int64)
+        self._pos = int(state["pos"])
+
     def draw(self, rng: np.random.Generator, k: int) -> np.ndarray:
         """The next ``k`` prompt indices (int64 array)."""
         parts = []

@@ -269,6 +269,18 @@ class CompletionVectorEnv(ProviderAwareSpec, VectorEnv):
         """Indices into the prompt set of the batch currently observed."""
         return self._require_started().copy()
 
+    def get_state(self) -> dict[str, Any]:
+        """JSON-able state (RNG, prompt pass, current batch) so a checkpointed run continues exactly."""
+        return {"rng": self.np_random.bit_generator.state, "sampler": self._sampler.state_dict(),
+                "prompt_index": None if self._prompt_index is None else self._prompt_index.tolist()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_state` returned."""
+        self.np_random.bit_generator.state = state["rng"]
+        self._sampler.load_state_dict(state["sampler"])
+        index = state["prompt_index"]
+        self._prompt_index = None if index is None else np.asarray(index, dtype=np.int64)
+
     def _next_batch(self) -> None:
         groups = self._sampler.draw(self.np_random, self.num_envs // self.group_size)
         self._prompt_index = np.repeat(groups, self.group_size)

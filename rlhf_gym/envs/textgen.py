@@ -22,6 +22,7 @@ from rlhf_gym.envs.common import (
     DEFAULT_MAX_PROMPT_TOKENS,
     PromptSampler,
     ProviderAwareSpec,
+    TextEnvSetup,
     build_setup,
     decode_completions,
     score_batch,
@@ -261,11 +262,14 @@ class TextGenVectorEnv(ProviderAwareSpec, VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
-    def __init__(self, num_envs: int = 1, **kwargs: Any):
+    def __init__(self, num_envs: int = 1, setup: TextEnvSetup | None = None, **kwargs: Any):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
         kwargs.pop("render_mode", None)
-        self._setup = build_setup(ENV_ID, **kwargs)
+        if setup is not None and kwargs:
+            raise ValueError(f"pass either setup= or the env keyword arguments, not both (got {sorted(kwargs)})")
+        # An existing setup (another rlhf_gym env's) is shared: same tokenised prompts, tokenizer and provider.
+        self._setup = setup if setup is not None else build_setup(ENV_ID, **kwargs)
         self.metadata = self._init_metadata(type(self).metadata)
         setup = self._setup
         self.num_envs = int(num_envs)
