@@ -37,6 +37,8 @@ class DPOConfig(OnlineConfig):
     max_prompt_tokens: int = hp(64, "offline: prompts are left-truncated to this many tokens")
     max_completion_tokens: int = hp(64, "offline: completions are truncated to this many tokens")
     group_size: int = hp(2, "online: completions sampled per prompt; every pair within a prompt is compared")
+    score_samples: bool = hp(False, "online: also ask the provider to score the samples, for objective/scores "
+                                    "(leave off with a live human)")
 
 
 class DPO(OnlineAlgorithm):
@@ -148,7 +150,7 @@ class DPO(OnlineAlgorithm):
     def _online_step(self) -> dict[str, float]:
         cfg = self.config
         # -- rollout: k completions per prompt, and the judge's comparisons of every pair within a prompt --------------
-        batch = self.collect()
+        batch = self.collect(score=self.config.score_samples)
         r = batch.rollout
         k = cfg.group_size
         pairs = [(g * k + i, g * k + j) for g in range(len(r) // k) for i, j in itertools.combinations(range(k), 2)]

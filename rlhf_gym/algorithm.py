@@ -173,6 +173,9 @@ class Algorithm:
     def build_optimizer(self) -> torch.optim.Optimizer:
         """AdamW over the policy's trainable parameters (override for other optimisers)."""
         params = [p for p in self.policy.parameters() if p.requires_grad]
+        if not self.needs_value_head and self.policy.value_head is not None:  # no gradient would ever reach it
+            skip = {id(p) for p in self.policy.value_head.parameters()}
+            params = [p for p in params if id(p) not in skip]
         return torch.optim.AdamW(
             params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay, eps=self.config.adam_eps
         )

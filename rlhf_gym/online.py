@@ -86,10 +86,12 @@ class OnlineAlgorithm(Algorithm):
 
     # -- rollout ----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def collect(self, with_values: bool = False) -> Batch:
-        """Sample and score a batch; old (and reference) log-probs from one batched forward each."""
+    def collect(self, with_values: bool = False, score: bool = True) -> Batch:
+        """Sample and score a batch; old (and reference) log-probs from one batched forward each.
+
+        ``score=False`` skips the provider's scores (e.g. online DPO asks it for comparisons instead)."""
         self.policy.eval()
-        rollout = self.rollouts.collect(return_logprobs=not with_values)
+        rollout = self.rollouts.collect(return_logprobs=not with_values, score=score)
         start = time.perf_counter()
         args = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
         values = None
@@ -132,18 +134,19 @@ class OnlineAlgorithm(Algorithm):
         seq_kl = batch.sequence_kl
         beta = self.kl_ctl.value
         metrics = {
-            "objective/scores": float(raw.mean()) if raw.numel() else float("nan"),
             "objective/kl": float(seq_kl.mean()),
             "objective/non_score_reward": float(-beta * seq_kl.mean()),
-            "objective/rlhf_reward": float((batch.raw_scores - beta * seq_kl)[valid].mean()) if raw.numel() else float("nan"),
             "objective/beta": float(beta),
-            "objective/scored_fraction": float(valid.float().mean()),
             "completions/mean_length": float(r.completion_mask.sum(-1).float().mean()),
             "completions/eos_fraction": float(r.has_eos.float().mean()),
             "timing/generation": r.timing.get("generation", 0.0),
             "timing/scoring": r.timing.get("scoring", 0.0),
             "perf/tokens_per_s": r.num_tokens / max(r.timing.get("generation", 0.0), 1e-9),
         }
+        if raw.numel():
+            metrics["objective/scores"] = float(raw.mean())
+            metrics["objective/rlhf_reward"] = float((batch.raw_scores - beta * seq_kl)[valid].mean())
+            metrics["objective/scored_fraction"] = float(valid.float().mean())
         if entropy is not None:
             metrics["objective/entropy"] = float(entropy)
         truth = self.true_scores(r.prompts, r.completions, r.extras)

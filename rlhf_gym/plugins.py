@@ -136,8 +136,8 @@ class _Registry:
         entries: dict[str, dict[str, PluginEntry]] = {kind: {} for kind in KINDS}
         for kind, hook_name in KINDS.items():
             hook = getattr(pm.hook, hook_name)
-            # pluggy calls the most recently registered first; registration order decides who owns a name.
-            for impl in reversed(hook.get_hookimpls()):
+            # get_hookimpls() lists implementations in registration order: built-ins first, so they own their names.
+            for impl in hook.get_hookimpls():
                 plugin_name = impl.plugin_name
                 dist = self._sources.get(plugin_name, "<unknown>")
 

@@ -136,8 +136,12 @@ class RolloutWorker:
     def max_new_tokens(self) -> int:
         return int(self.env.max_new_tokens)
 
-    def collect(self, return_logprobs: bool = False) -> Rollout:
-        """Sample one completion per env slot, score them all with one provider call, return the batch."""
+    def collect(self, return_logprobs: bool = False, score: bool = True) -> Rollout:
+        """Sample one completion per env slot, score them all with one provider call, return the batch.
+
+        With ``score=False`` the provider is not asked (every ``score_mask`` entry is False): for algorithms that
+        ask it something else, such as pairwise comparisons.
+        """
         device = next(self.policy.parameters()).device
         prompt_ids = torch.as_tensor(self._obs["input_ids"], device=device)
         prompt_mask = torch.as_tensor(self._obs["attention_mask"], device=device)
@@ -148,12 +152,16 @@ class RolloutWorker:
         )
         t1 = time.perf_counter()
         actions = gen.pad_to(self.max_new_tokens, self.policy.pad_token_id).completion_ids.cpu().numpy()
-        obs, rewards, _, _, info = self.env.step(actions)
+        if score:
+            obs, rewards, _, _, info = self.env.step(actions)
+            valid = np.asarray(info["score_valid"], dtype=bool)
+        else:
+            obs, info = self.env.step_unscored(actions)
+            rewards, valid = np.zeros(len(actions), dtype=np.float32), np.zeros(len(actions), dtype=bool)
         t2 = time.perf_counter()
         self._obs = obs
-        valid = np.asarray(info["score_valid"], dtype=bool)
         extras = {k: list(v) for k, v in info.items()
-                  if k not in ("prompt", "completion", "score", "score_valid") and not k.startswith("_")}
+                  if k not in ("prompt", "completion", "score", "score_valid", "final_obs") and not k.startswith("_")}
         completion_mask = gen.completion_mask
         eos_ids = torch.tensor(self.policy.eos_token_ids or (-1,), device=device)
         extras["ended_with_eos"] = (
@@ -200,29 +208,44 @@ def check_action_space(env: Any, policy: Any) -> None:
 
 @torch.no_grad()
 def evaluate(policy: Any, env: Any, *, num_samples: int = 128, batch_size: int = 64, seed: int = 12345,
-             reward: Any = None, temperature: float = 1.0) -> dict[str, Any]:
+             reward: Any = None, temperature: float = 1.0, reference: Any = None) -> dict[str, Any]:
     """Mean score of ``num_samples`` fresh samples from ``policy`` on ``env``'s prompts.
 
-    ``reward`` (a provider name/object/callable) scores with a different provider than the env's, e.g. the
-    ground truth behind a learned reward model. Returns ``{"mean", "std", "scores", "samples", "mean_length"}``.
+    Args:
+        reward: score with this provider (name/object/callable) instead of the env's, e.g. the ground truth
+            behind a learned reward model. With a reward given, the env's provider is not asked at all.
+        reference: a :class:`~rlhf_gym.Policy` or reference model: also measure the per-sequence KL
+            ``Σ_t log π(y_t) − log π_ref(y_t)`` of the samples (``"kl"``), e.g. to the SFT policy.
+
+    Returns:
+        ``{"mean", "std", "scores", "samples", "mean_length"}`` and ``"kl"`` with a reference.
     """
     from rlhf_gym.providers import as_provider, checked_scores
 
     batch_size = min(batch_size, num_samples)
     worker = RolloutWorker(env, policy, num_prompts=batch_size, seed=seed, temperature=temperature)
     judge = as_provider(reward) if reward is not None else None
+    ref_logprobs = getattr(reference, "logprobs", None)
+    if reference is not None and ref_logprobs is None:  # a Policy: score with its own forward
+        def ref_logprobs(*args, temperature):
+            return reference(*args, temperature=temperature).logprobs
     scores: list[float] = []
     samples: list[dict[str, Any]] = []
     lengths: list[float] = []
+    kls: list[float] = []
     was_training = policy.training
     policy.eval()
     try:
         while len(scores) < num_samples:
-            batch = worker.collect()
+            batch = worker.collect(return_logprobs=True, score=judge is None)
             if judge is not None:
                 values = checked_scores(judge, judge.score(batch.prompts, batch.completions), len(batch))
             else:
                 values = [float(s) if bool(m) else None for s, m in zip(batch.scores, batch.score_mask)]
+            if ref_logprobs is not None:
+                args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
+                seq_kl = (batch.logprobs - ref_logprobs(*args, temperature=temperature)) * batch.completion_mask
+                kls.extend(seq_kl.sum(-1).tolist())
             for i, v in enumerate(values):
                 if v is not None and len(scores) < num_samples:
                     scores.append(v)
@@ -231,5 +254,8 @@ def evaluate(policy: Any, env: Any, *, num_samples: int = 128, batch_size: int =
     finally:
         policy.train(was_training)
     arr = np.asarray(scores, dtype=np.float64)
-    return {"mean": float(arr.mean()), "std": float(arr.std()), "scores": scores, "samples": samples,
-            "mean_length": float(np.mean(lengths))}
+    out = {"mean": float(arr.mean()), "std": float(arr.std()), "scores": scores, "samples": samples,
+           "mean_length": float(np.mean(lengths))}
+    if kls:
+        out["kl"] = float(np.mean(kls))
+    return out

@@ -232,17 +232,11 @@ def train_once(opts: RunOptions, run_dir: Path, policy: Any, env: Any, progress:
     print(f"RL{label}: {opts.algo} for {opts.updates} updates (β={getattr(algo.config, 'beta', 'n/a')}) "
           f"→ {run_dir}", flush=True)
     algo.learn(opts.updates, progress_bar=progress)
-    judge = opts.ground_truth
-    after = evaluate(trained, env, num_samples=opts.eval_samples, reward=judge, seed=opts.seed + 999)
-    kl = _mean_kl(algo, env, opts)
+    # Fresh samples, scored by the ground truth, and their KL to the starting (SFT) policy.
+    after = evaluate(trained, env, num_samples=opts.eval_samples, reward=opts.ground_truth, seed=opts.seed + 999,
+                     reference=policy)
     algo.close()
-    return {"algo": algo, "after": after, "kl": kl, "run_dir": run_dir, "policy": trained}
-
-
-def _mean_kl(algo: Any, env: Any, opts: RunOptions) -> float:
-    """Per-sequence KL of the trained policy to the reference on fresh samples (the last logged value otherwise)."""
-    metrics = getattr(algo, "last_metrics", {}) or {}
-    return float(metrics.get("objective/kl", float("nan")))
+    return {"algo": algo, "after": after, "kl": after["kl"], "run_dir": run_dir, "policy": trained}
 
 
 def _options_dict(opts: RunOptions) -> dict[str, Any]:

@@ -49,23 +49,27 @@ def test_seeded_runs_reproduce_exactly_and_resume_continues_the_same_curve(name,
     def fresh():
         return rlhf_gym.make_algorithm(name, env=env, policy=Policy.from_pretrained(random_model_path), **small(name))
 
+    def point(m):
+        return (m.get("objective/scores"), m["objective/kl"], m.get("loss/policy_avg"))
+
     straight = fresh()
     curve = []
-    straight.learn(4, callback=lambda algo, m: curve.append(m["objective/scores"]), progress_bar=False)
+    straight.learn(4, callback=lambda algo, m: curve.append(point(m)), progress_bar=False)
+    assert len({c[1] for c in curve}) > 1  # the policy moved away from the reference
 
     again = fresh()
     again_curve = []
-    again.learn(4, callback=lambda algo, m: again_curve.append(m["objective/scores"]), progress_bar=False)
+    again.learn(4, callback=lambda algo, m: again_curve.append(point(m)), progress_bar=False)
     assert again_curve == curve
 
     first = fresh()
     resumed_curve = []
-    first.learn(2, callback=lambda algo, m: resumed_curve.append(m["objective/scores"]), progress_bar=False)
+    first.learn(2, callback=lambda algo, m: resumed_curve.append(point(m)), progress_bar=False)
     first.save(tmp_path / "ckpt")
     cls = type(first)
     second = cls.load(tmp_path / "ckpt", env=env)
     assert second.num_updates == 2
-    second.learn(4, callback=lambda algo, m: resumed_curve.append(m["objective/scores"]), progress_bar=False)
+    second.learn(4, callback=lambda algo, m: resumed_curve.append(point(m)), progress_bar=False)
     assert resumed_curve == curve
     for p, q in zip(straight.policy.parameters(), second.policy.parameters()):
         torch.testing.assert_close(p, q)

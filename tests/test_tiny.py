@@ -217,7 +217,7 @@ def _build_in_child(cache: str, queue: multiprocessing.Queue) -> None:
 
 def test_concurrent_processes_build_the_same_kit_once(tmp_path):
     build_tiny_kit(tmp_path, pretrain_steps=0, n_reviews=16, batch_size=16, progress=False)  # tokenizer first
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # fork after torch started its threads can deadlock
     queue = ctx.Queue()
     children = [ctx.Process(target=_build_in_child, args=(str(tmp_path), queue)) for _ in range(2)]
     for child in children:

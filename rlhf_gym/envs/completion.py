@@ -350,21 +350,35 @@ class CompletionVectorEnv(ProviderAwareSpec, VectorEnv):
         self, actions: Any
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Score one completion per sub-environment with one provider call; observe the next prompt batch."""
+        return self._advance(actions, score=True)
+
+    def step_unscored(self, actions: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Decode the completions and observe the next prompt batch WITHOUT asking the provider for scores.
+
+        For algorithms that ask the provider something else about the samples (online DPO's pairwise ``compare``,
+        preference collection): a live human is then not asked to rate completions nobody uses.
+        Returns ``(next_obs, info)``; ``info`` has no ``score``.
+        """
+        obs, _, _, _, info = self._advance(actions, score=False)
+        return obs, info
+
+    def _advance(self, actions: Any, score: bool) -> tuple[Any, ...]:
         index = self._require_started()
         rows, lengths = self._action_rows(actions)
         completions = decode_completions(self._setup, rows, lengths)
-        batch = score_batch(self._setup, index, completions)
         prompts = self._setup.prompts
         info: dict[str, Any] = {
-            "prompt": batch.prompts,
-            "completion": batch.completions,
+            "prompt": [prompts.texts[i] for i in index],
+            "completion": completions,
             "completion_length": lengths,
-            "score": batch.scores,
-            "score_valid": batch.valid,
             "prompt_index": index,
             "prompt_truncated": prompts.truncated[index],
-            **batch.extras,
         }
+        rewards = np.zeros(self.num_envs, dtype=np.float32)
+        if score:
+            batch = score_batch(self._setup, index, completions)
+            rewards = batch.rewards
+            info.update({"prompt": batch.prompts, "score": batch.scores, "score_valid": batch.valid, **batch.extras})
         final = self._observation()
         final_obs = np.empty(self.num_envs, dtype=object)
         for i in range(self.num_envs):
@@ -373,7 +387,7 @@ class CompletionVectorEnv(ProviderAwareSpec, VectorEnv):
         self._next_batch()
         terminated = np.ones(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
-        return self._observation(), batch.rewards, terminated, truncated, info
+        return self._observation(), rewards, terminated, truncated, info
 
     def close_extras(self, **kwargs: Any) -> None:
         """Close the reward provider."""

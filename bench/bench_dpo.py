@@ -1,0 +1,130 @@
+"""Offline DPO step: rlhf_gym's ``dpo`` algorithm vs ``trl.DPOTrainer`` vs the same math in bare torch.
+
+All three train a copy of the same initial weights on the same 64 preference pairs (16-token prompts, 32-token
+completions including EOS), 16 pairs per step, β = 0.1, sigmoid loss, AdamW lr 1e-6, gradient clip 1.0. The bare
+torch "floor" does what one DPO step must do and nothing else: a reference forward without gradient, a policy
+forward over chosen and rejected rows in one batch, the loss, backward, clip, step. rlhf_gym computes each pair's
+reference log-probs once and caches them (the reference is frozen), so after the first pass over the data its
+step skips the reference forward that TRL and the floor repeat every step.
+
+Run: ``python bench/bench_dpo.py [--steps 7] [--warmup 5] [--json out.json] [--side trl|rlhf_gym|floor]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from typing import Any
+
+import common
+import torch
+import torch.nn.functional as F
+
+SIDES = ["trl", "rlhf_gym", "floor"]
+
+
+class FloorDPO:
+    """One DPO step in bare torch on pre-tokenised pairs: the least work the step can be."""
+
+    def __init__(self, setup: common.BenchSetup) -> None:
+        tok = setup.tokenizer
+        self.model = setup.load_model()
+        self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=common.LEARNING_RATE, weight_decay=0.0)
+        eos = tok.eos_token_id
+
+        def encode(texts: list[str]) -> list[list[int]]:
+            return [ids + [eos] for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+
+        prompts = tok([p["prompt"] for p in setup.pairs], add_special_tokens=False)["input_ids"]
+        chosen = encode([p["chosen"] for p in setup.pairs])
+        rejected = encode([p["rejected"] for p in setup.pairs])
+        width = common.PROMPT_TOKENS + max(len(c) for c in chosen + rejected)
+        rows = [p + c for p, c in zip(prompts, chosen)] + [p + r for p, r in zip(prompts, rejected)]
+        self.ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        self.mask = torch.zeros((len(rows), width), dtype=torch.long)
+        self.loss_mask = torch.zeros((len(rows), width - common.PROMPT_TOKENS), dtype=torch.float32)
+        for i, (row, p) in enumerate(zip(rows, prompts + prompts)):
+            self.ids[i, : len(row)] = torch.tensor(row)
+            self.mask[i, : len(row)] = 1
+            self.loss_mask[i, : len(row) - len(p)] = 1
+        self.n = len(prompts)
+        self.cursor = 0
+
+    def _logps(self, model: Any, ids: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+        keep = ids.shape[1] - common.PROMPT_TOKENS + 1
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits[:, :-1].float()
+        targets = ids[:, common.PROMPT_TOKENS:]
+        token = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+        return (token * loss_mask).sum(-1)
+
+    def step(self) -> None:
+        idx = (torch.arange(common.BATCH) + self.cursor) % self.n
+        self.cursor = (self.cursor + common.BATCH) % self.n
+        rows = torch.cat([idx, idx + self.n])
+        ids, mask, loss_mask = self.ids[rows], self.mask[rows], self.loss_mask[rows]
+        with torch.no_grad():
+            ref = self._logps(self.ref, ids, mask, loss_mask)
+        logps = self._logps(self.model, ids, mask, loss_mask)
+        b = common.BATCH
+        margin = (logps[:b] - ref[:b]) - (logps[b:] - ref[b:])
+        loss = -F.logsigmoid(common.DPO_BETA * margin).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), common.MAX_GRAD_NORM)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def rlhf_gym_dpo(setup: common.BenchSetup) -> Any:
+    """rlhf_gym's offline DPO on the setup's pairs; its ``train_step`` is one update."""
+    import rlhf_gym
+
+    return rlhf_gym.make_algorithm(
+        "dpo", policy=setup.load_policy(), dataset=setup.pairs, batch_size=common.BATCH,
+        max_prompt_tokens=common.PROMPT_TOKENS, max_completion_tokens=common.NEW_TOKENS, beta=common.DPO_BETA,
+        loss_type="sigmoid", learning_rate=common.LEARNING_RATE, max_grad_norm=common.MAX_GRAD_NORM,
+        seed=common.SEED,
+    )
+
+
+def trl_dpo(setup: common.BenchSetup, output_dir: str, steps: int) -> Any:
+    """``trl.DPOTrainer`` configured for the same work (reference recomputed every step, TRL's default)."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    args = common.trl_training_args(
+        DPOConfig, output_dir, steps, beta=common.DPO_BETA, loss_type=["sigmoid"],
+        max_length=common.PROMPT_TOKENS + common.NEW_TOKENS,
+    )
+    return DPOTrainer(model=setup.load_model(), args=args, train_dataset=Dataset.from_list(setup.pairs),
+                      processing_class=setup.tokenizer)
+
+
+def main() -> None:
+    args = common.parse_args(__doc__.splitlines()[0], SIDES, default_warmup=5)
+    threads = common.configure_torch(args.threads)
+    setup = common.build_setup()
+    total = args.warmup + args.steps
+    common.warm_imports(*(["datasets", "trl.trainer.dpo_trainer"] if args.side == "trl" else []))
+    baseline = common.rss_mb()
+    with tempfile.TemporaryDirectory() as out:
+        if args.side is not None:
+            if args.side == "trl":
+                trainer = trl_dpo(setup, out, total)
+                common.trl_interleaved(trainer, "trl", {}, args.warmup, args.steps)
+            else:
+                step = rlhf_gym_dpo(setup).train_step if args.side == "rlhf_gym" else FloorDPO(setup).step
+                common.interleave({args.side: step}, args.warmup, args.steps)
+            common.emit({"bench": "dpo", **common.side_memory(args.side, baseline)}, args.json)
+            return
+        algo = rlhf_gym_dpo(setup)
+        floor = FloorDPO(setup)
+        trainer = trl_dpo(setup, out, total)
+        times = common.trl_interleaved(trainer, "trl", {"rlhf_gym": algo.train_step, "floor": floor.step},
+                                       args.warmup, args.steps)
+    common.emit({"bench": "dpo", "threads": threads, "unit": "s/step",
+                 "sides": {k: common.summary(v) for k, v in times.items()}, "raw": times}, args.json)
+
+
+if __name__ == "__main__":
+    main()

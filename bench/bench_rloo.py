@@ -1,0 +1,195 @@
+"""Online steps: rlhf_gym RLOO (k = 4) vs ``trl.RLOOTrainer``, and a GRPO-style step vs ``trl.GRPOTrainer``.
+
+Every side samples 4 prompts × 4 completions of up to 32 tokens from a copy of the same initial weights, scores
+them with the same trivial reward (completion length), and makes one AdamW step (lr 1e-6, clip 1.0). RLOO uses
+β = 0.05 (TRL's default: a reference forward per step), the GRPO-style step β = 0 (TRL's default: no reference).
+
+* rlhf_gym RLOO is ``make_algorithm("rloo", ...)``; its step samples through ``Completion-v0``'s vector env.
+* rlhf_gym has no ``grpo`` algorithm, so the GRPO-style step is written here from rlhf_gym's public pieces:
+  :class:`rlhf_gym.rollout.RolloutWorker` (sampling through the vector env, log-probs returned by the sampler),
+  :meth:`Policy.forward`, ``group_normalised_advantages`` and ``ppo_policy_loss``.
+* The "floor" is the same math in bare torch with HF ``generate()``: sample, decode, score, (reference forward),
+  one policy forward over the completion positions, loss, backward, clip, step.
+
+Run: ``python bench/bench_rloo.py --algo rloo|grpo [--steps 7] [--warmup 2] [--json out.json] [--side NAME]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from typing import Any
+
+import common
+import torch
+
+SIDES = ["trl", "rlhf_gym", "floor"]
+
+
+class FloorOnline:
+    """One RLOO or GRPO step in bare torch with HF ``generate()``: the least work the step can be."""
+
+    def __init__(self, setup: common.BenchSetup, algo: str) -> None:
+        self.algo = algo
+        self.beta = common.RLOO_BETA if algo == "rloo" else common.GRPO_BETA
+        self.tokenizer = setup.tokenizer
+        self.model = setup.load_model()
+        self.ref = copy.deepcopy(self.model).eval().requires_grad_(False) if self.beta > 0 else None
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=common.LEARNING_RATE, weight_decay=0.0)
+        self.prompts = setup.prompts
+        self.ids, self.mask = setup.prompt_batch(self.prompts)  # tokenised once
+        self.eos = setup.tokenizer.eos_token_id
+        self.pad = setup.tokenizer.pad_token_id
+        self.cursor = 0
+        self.num_prompts = common.BATCH // common.GROUP
+
+    def _token_logps(self, model: Any, ids: torch.Tensor, mask: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
+        t = completion.shape[1]
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=t + 1).logits[:, :-1].float()
+        return logits.gather(-1, completion.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+
+    def step(self) -> None:
+        g, k = self.num_prompts, common.GROUP
+        rows = (torch.arange(g) + self.cursor) % len(self.prompts)
+        self.cursor = (self.cursor + g) % len(self.prompts)
+        ids = self.ids[rows].repeat_interleave(k, 0)
+        mask = self.mask[rows].repeat_interleave(k, 0)
+        # -- sample ---------------------------------------------------------------------------------------
+        self.model.eval()
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=True, max_new_tokens=common.NEW_TOKENS, top_k=0,
+                top_p=1.0, temperature=1.0, pad_token_id=self.pad, eos_token_id=self.eos,
+            )
+        self.model.train()
+        completion = out[:, ids.shape[1]:]
+        is_eos = completion == self.eos
+        first = torch.where(is_eos.any(1), is_eos.int().argmax(1), completion.shape[1])
+        cmask = (torch.arange(completion.shape[1]).unsqueeze(0) <= first.unsqueeze(1)).long()
+        completion = completion.masked_fill(cmask == 0, self.pad)
+        texts = self.tokenizer.batch_decode(completion, skip_special_tokens=True)
+        scores = torch.tensor(common.length_reward([self.prompts[int(r)] for r in rows.repeat_interleave(k)], texts))
+        full_mask = torch.cat([mask, cmask], 1)
+        fmask = cmask.float()
+        # -- forward(s) -------------------------------------------------------------------------------------
+        logps = self._token_logps(self.model, out, full_mask, completion)
+        if self.ref is not None:
+            with torch.no_grad():
+                ref = self._token_logps(self.ref, out, full_mask, completion)
+            scores = scores - self.beta * ((logps.detach() - ref) * fmask).sum(1)
+        grouped = scores.view(g, k)
+        # -- loss --------------------------------------------------------------------------------------------
+        if self.algo == "rloo":
+            adv = (grouped - (grouped.sum(1, keepdim=True) - grouped) / (k - 1)).reshape(-1)
+            seq = (logps * fmask).sum(1)
+            ratio = torch.exp(seq - seq.detach())
+            loss = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean()
+        else:
+            adv = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).reshape(-1, 1)
+            ratio = torch.exp(logps - logps.detach())
+            per_token = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv)
+            loss = (per_token * fmask).sum() / fmask.sum().clamp(min=1.0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), common.MAX_GRAD_NORM)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+class GRPOStyleStep:
+    """A GRPO-style step from rlhf_gym's public pieces (rlhf_gym registers no ``grpo`` algorithm).
+
+    Samples through :class:`~rlhf_gym.rollout.RolloutWorker` (the sampler returns the old log-probs, so no extra
+    forward), scales advantages within each group, and minimises the clipped surrogate averaged over all tokens.
+    """
+
+    def __init__(self, setup: common.BenchSetup) -> None:
+        from rlhf_gym.rollout import RolloutWorker
+
+        self.policy = setup.load_policy()
+        self.worker = RolloutWorker(setup.completion_env(common.BATCH, common.GROUP), self.policy,
+                                    num_prompts=common.BATCH // common.GROUP, group_size=common.GROUP,
+                                    seed=common.SEED)
+        self.optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=common.LEARNING_RATE,
+                                           weight_decay=0.0)
+
+    def step(self) -> None:
+        from rlhf_gym.advantages import group_normalised_advantages
+        from rlhf_gym.losses import ppo_policy_loss
+
+        self.policy.eval()
+        batch = self.worker.collect(return_logprobs=True)
+        self.policy.train()
+        adv = group_normalised_advantages(batch.scores, common.GROUP)
+        out = self.policy(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
+        assert batch.logprobs is not None
+        loss, _ = ppo_policy_loss(out.logprobs, batch.logprobs, adv, batch.completion_mask, 0.2)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), common.MAX_GRAD_NORM)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def rlhf_gym_step(setup: common.BenchSetup, algo: str) -> Any:
+    """The rlhf_gym side's step function for ``algo``."""
+    if algo == "grpo":
+        return GRPOStyleStep(setup).step
+    import rlhf_gym
+
+    return rlhf_gym.make_algorithm(
+        "rloo", env=setup.completion_env(common.BATCH, common.GROUP), policy=setup.load_policy(),
+        num_prompts=common.BATCH // common.GROUP, group_size=common.GROUP, beta=common.RLOO_BETA,
+        learning_rate=common.LEARNING_RATE, max_grad_norm=common.MAX_GRAD_NORM, seed=common.SEED,
+    ).train_step
+
+
+def trl_trainer(setup: common.BenchSetup, algo: str, output_dir: str, steps: int) -> Any:
+    """``trl.RLOOTrainer`` / ``trl.GRPOTrainer`` configured for the same work."""
+    from datasets import Dataset
+
+    if algo == "rloo":
+        from trl import RLOOConfig as Config
+        from trl import RLOOTrainer as Trainer
+
+        beta = common.RLOO_BETA
+    else:
+        from trl import GRPOConfig as Config
+        from trl import GRPOTrainer as Trainer
+
+        beta = common.GRPO_BETA
+    args = common.trl_training_args(
+        Config, output_dir, steps, num_generations=common.GROUP, max_completion_length=common.NEW_TOKENS,
+        beta=beta, use_vllm=False, temperature=1.0, top_k=0, top_p=1.0, log_completions=False,
+    )
+    return Trainer(model=setup.load_model(), reward_funcs=common.length_reward, args=args,
+                   train_dataset=Dataset.from_list([{"prompt": p} for p in setup.prompts]),
+                   processing_class=setup.tokenizer)
+
+
+def main() -> None:
+    args = common.parse_args(__doc__.splitlines()[0], SIDES, extra=lambda p: p.add_argument(
+        "--algo", choices=["rloo", "grpo"], default="rloo", help="which online step to compare"))
+    algo = args.algo
+    threads = common.configure_torch(args.threads)
+    setup = common.build_setup()
+    total = args.warmup + args.steps
+    common.warm_imports(*([f"trl.trainer.{algo}_trainer", "datasets"] if args.side == "trl" else []))
+    baseline = common.rss_mb()
+    with tempfile.TemporaryDirectory() as out:
+        if args.side is not None:
+            if args.side == "trl":
+                common.trl_interleaved(trl_trainer(setup, algo, out, total), "trl", {}, args.warmup, args.steps)
+            else:
+                step = rlhf_gym_step(setup, algo) if args.side == "rlhf_gym" else FloorOnline(setup, algo).step
+                common.interleave({args.side: step}, args.warmup, args.steps)
+            common.emit({"bench": algo, **common.side_memory(args.side, baseline)}, args.json)
+            return
+        ours = rlhf_gym_step(setup, algo)
+        floor = FloorOnline(setup, algo).step
+        trainer = trl_trainer(setup, algo, out, total)
+        times = common.trl_interleaved(trainer, "trl", {"rlhf_gym": ours, "floor": floor}, args.warmup, args.steps)
+    common.emit({"bench": algo, "threads": threads, "unit": "s/step",
+                 "sides": {k: common.summary(v) for k, v in times.items()}, "raw": times}, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""Preference collection: sample k completions per prompt, pick pairs, ask a provider, record the answers.
+
+This is the data-gathering half of learning a reward model. A policy samples ``k`` completions for each prompt
+through ``rlhf_gym/Completion-v0`` (via :class:`~rlhf_gym.rollout.RolloutWorker`); pairs are formed within each
+prompt's group, chosen at random or — active selection — where a reward-model ensemble disagrees most; each pair
+is shown with its sides in random order, asked in ONE batched ``provider.compare`` call (or answered from
+``provider.rank`` orderings), and every answer is written to the preference store as soon as it is known. The
+store's unique key means a pair is never asked twice, within a call or across calls.
+
+Example:
+    >>> stats = collect_preferences(policy, env, "simulated-human", store, num_prompts=64, k=4,
+    ...                             pairs_per_prompt=2, seed=0)  # doctest: +SKIP
+    >>> stats.answered  # doctest: +SKIP
+    128
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rlhf_gym.errors import ConfigError, unknown_name_message
+from rlhf_gym.providers import as_provider, checked_scores
+
+SELECTIONS = ("random", "disagreement")
+FEEDBACK = ("compare", "rank")
+#: most prompts sampled in one batch; larger requests are collected in several batches
+MAX_PROMPTS_PER_BATCH = 64
+
+
+@dataclass
+class CollectionStats:
+    """What one :func:`collect_preferences` call did."""
+
+    prompts: int = 0  #: prompts sampled
+    completions: int = 0  #: completions sampled (prompts × k)
+    candidate_pairs: int = 0  #: distinct, never-asked pairs available to choose from
+    already_asked: int = 0  #: candidate pairs dropped because the store already had them
+    identical: int = 0  #: pairs dropped because both completions were the same text
+    asked: int = 0  #: queries added to the store and put to the provider
+    answered: int = 0  #: answers with a label (ties included)
+    ties: int = 0  #: answers of 0.5
+    skipped: int = 0  #: answers of ``None`` ("can't tell"), recorded as skips
+    swapped: int = 0  #: pairs shown with the completions' sampled order reversed
+    query_ids: list[int] = field(default_factory=list)  #: ids of the queries asked, in order
+    seconds: dict[str, float] = field(default_factory=dict)  #: time spent sampling, selecting and asking
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _candidate_pairs(k: int) -> list[tuple[int, int]]:
+    return list(itertools.combinations(range(k), 2))
+
+
+def _disagreement(reward_model: Any, prompts: Sequence[str], completions: Sequence[str], group_size: int,
+                  candidates: Sequence[Sequence[tuple[int, int]]]) -> list[np.ndarray]:
+    """Per group, the std over ensemble members of P(i ≻ j) for each candidate pair (i, j)."""
+    rewards = reward_model.member_rewards(list(prompts), list(completions)).double().numpy()  # (M, N)
+    out = []
+    for g, pairs in enumerate(candidates):
+        if not pairs:
+            out.append(np.zeros(0))
+            continue
+        base = g * group_size
+        i = np.array([base + a for a, _ in pairs])
+        j = np.array([base + b for _, b in pairs])
+        probs = 1.0 / (1.0 + np.exp(-(rewards[:, i] - rewards[:, j])))
+        out.append(probs.std(axis=0))
+    return out
+
+
+def _load_reward_model(reward_model: Any) -> Any:
+    if reward_model is None:
+        raise ConfigError(
+            "selection='disagreement' needs reward_model=: a RewardModel ensemble (or its folder) trained with "
+            "ensemble_size >= 2")
+    if not hasattr(reward_model, "member_rewards"):
+        from rlhf_gym.reward_model import RewardModel
+
+        reward_model = RewardModel.from_pretrained(reward_model)
+    if reward_model.num_members < 2:
+        raise ConfigError(
+            f"selection='disagreement' needs a reward-model ensemble, but this one has {reward_model.num_members} "
+            f"member; train it with ensemble_size >= 2 (e.g. `rlhf-gym train-rm --ensemble-size 4`)")
+    return reward_model
+
+
+def _labels_from_ranks(provider: Any, prompts: list[str], groups: list[list[str]],
+                       pairs: list[tuple[int, int, int]]) -> list[float | None]:
+    """P(a ≻ b) for each (group, a, b) from one ``provider.rank`` call per group that has pairs."""
+    orders: dict[int, dict[int, int]] = {}
+    for g in sorted({p[0] for p in pairs}):
+        ranking = list(provider.rank(prompts[g], groups[g]))
+        if sorted(ranking) != list(range(len(groups[g]))):
+            name = getattr(provider, "name", None) or type(provider).__name__
+            raise ConfigError(
+                f"reward provider {name!r} returned the ranking {ranking} for {len(groups[g])} completions; rank "
+                f"must return every index 0..{len(groups[g]) - 1} once, best first")
+        orders[g] = {idx: pos for pos, idx in enumerate(ranking)}
+    return [1.0 if orders[g][a] < orders[g][b] else 0.0 for g, a, b in pairs]
+
+
+def collect_preferences(
+    policy: Any,
+    env: Any,
+    provider: Any,
+    store: Any,
+    *,
+    num_prompts: int,
+    k: int = 2,
+    pairs_per_prompt: int = 1,
+    selection: str = "random",
+    reward_model: Any = None,
+    feedback: str = "compare",
+    seed: int = 0,
+    temperature: float = 1.0,
+    requested_by: str | None = None,
+) -> CollectionStats:
+    """Sample ``k`` completions for each of ``num_prompts`` prompts, ask about pairs of them, store the answers.
+
+    Args:
+        policy: the :class:`~rlhf_gym.Policy` to sample from.
+        env: an rlhf_gym env (Completion-v0 or TextGen-v0, single or vector) giving the tokenizer, prompts and
+            lengths; its own reward provider is not asked for preferences.
+        provider: who answers: a provider name, a :class:`~rlhf_gym.RewardProvider` or a TRL-style callable.
+        store: a :class:`~rlhf_gym.preference_store.PreferenceStore` (or any backend).
+        num_prompts: prompts to sample (in batches of at most 64).
+        k: completions per prompt (≥ 2); every pair within a prompt's group is a candidate.
+        pairs_per_prompt: pairs to ask per prompt, at most ``k·(k-1)/2``.
+        selection: ``"random"``, or ``"disagreement"``: the pairs with the highest standard deviation of the
+            predicted P(a ≻ b) across the members of ``reward_model``.
+        reward_model: a :class:`~rlhf_gym.reward_model.RewardModel` ensemble or its folder (for disagreement).
+        feedback: ``"compare"`` (one batched ``provider.compare`` call) or ``"rank"`` (``provider.rank`` on each
+            prompt's k completions; the chosen pairs are labelled from the ranking).
+        seed: seeds sampling, prompt order, pair choice and which side each completion is shown on.
+        temperature: sampling temperature.
+        requested_by: recorded on each query (default: ``collect:<provider name>``).
+
+    Returns:
+        :class:`CollectionStats`.
+    """
+    from rlhf_gym.rollout import RolloutWorker
+
+    if selection not in SELECTIONS:
+        raise ConfigError(unknown_name_message("pair selection", str(selection), SELECTIONS))
+    if feedback not in FEEDBACK:
+        raise ConfigError(unknown_name_message("feedback kind", str(feedback), FEEDBACK))
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ConfigError(f"k must be an integer >= 2 (completions per prompt to compare), got {k!r}")
+    if isinstance(num_prompts, bool) or not isinstance(num_prompts, int) or num_prompts < 1:
+        raise ConfigError(f"num_prompts must be a positive integer, got {num_prompts!r}")
+    most = k * (k - 1) // 2
+    if not 1 <= pairs_per_prompt <= most:
+        raise ConfigError(f"pairs_per_prompt must lie in 1..{most} for k={k} (every pair of k completions), got "
+                          f"{pairs_per_prompt}")
+    judge = as_provider(provider)
+    name = getattr(judge, "name", None) or type(judge).__name__
+    requested_by = requested_by or f"collect:{name}"
+    rm = _load_reward_model(reward_model) if selection == "disagreement" else None
+    rng = np.random.default_rng(seed)
+    stats = CollectionStats()
+    timing = {"sampling": 0.0, "selection": 0.0, "asking": 0.0}
+
+    # -- sample k completions per prompt -------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    batch_prompts = min(num_prompts, MAX_PROMPTS_PER_BATCH)
+    worker = RolloutWorker(env, policy, num_prompts=batch_prompts, group_size=k, seed=seed, temperature=temperature)
+    prompts: list[str] = []
+    groups: list[list[str]] = []
+    for _ in range(math.ceil(num_prompts / batch_prompts)):
+        rollout = worker.collect()
+        for g in range(batch_prompts):
+            if len(prompts) == num_prompts:
+                break
+            prompts.append(rollout.prompts[g * k])
+            groups.append(list(rollout.completions[g * k:(g + 1) * k]))
+    stats.prompts, stats.completions = len(prompts), len(prompts) * k
+    timing["sampling"] = time.perf_counter() - t0
+
+    # -- candidate pairs: distinct texts, never asked before ---------------------------------------------------------
+    t0 = time.perf_counter()
+    candidates: list[list[tuple[int, int]]] = []
+    for prompt, group in zip(prompts, groups):
+        fresh: list[tuple[int, int]] = []
+        seen: set[tuple[str, str]] = set()
+        for a, b in _candidate_pairs(k):
+            text_a, text_b = group[a], group[b]
+            key = (min(text_a, text_b), max(text_a, text_b))
+            if text_a == text_b:
+                stats.identical += 1
+            elif key in seen or store.find(prompt, text_a, text_b) is not None:
+                stats.already_asked += 1
+            else:
+                seen.add(key)
+                fresh.append((a, b))
+        candidates.append(fresh)
+    stats.candidate_pairs = sum(len(c) for c in candidates)
+
+    # -- selection -----------------------------------------------------------------------------------------------------
+    chosen: list[tuple[int, int, int]] = []  # (group, shown as a, shown as b)
+    scores = _disagreement(rm, [p for p in prompts for _ in range(k)], [c for g in groups for c in g], k,
+                           candidates) if rm is not None else None
+    for g, fresh in enumerate(candidates):
+        if not fresh:
+            continue
+        take = min(pairs_per_prompt, len(fresh))
+        if scores is not None:
+            # highest disagreement first; ties broken at random so equal scores don't favour low indices
+            order = np.lexsort((rng.random(len(fresh)), -scores[g]))[:take]
+        else:
+            order = rng.choice(len(fresh), size=take, replace=False)
+        for idx in order:
+            a, b = fresh[int(idx)]
+            if rng.random() < 0.5:
+                a, b = b, a
+                stats.swapped += 1
+            chosen.append((g, a, b))
+    timing["selection"] = time.perf_counter() - t0
+
+    # -- ask: queue the queries, one batched call, record each answer ----------------------------------------------
+    t0 = time.perf_counter()
+    asked: list[tuple[int, int, int, int]] = []
+    for g, a, b in chosen:
+        query_id = store.add_query(prompts[g], groups[g][a], groups[g][b], requested_by=requested_by,
+                                   meta={"selection": selection, "k": k, "seed": seed})
+        if query_id is None:  # asked meanwhile (another process sharing the store)
+            stats.already_asked += 1
+            continue
+        asked.append((query_id, g, a, b))
+    stats.asked = len(asked)
+    if asked:
+        if feedback == "compare":
+            labels = checked_scores(
+                judge,
+                judge.compare([prompts[g] for _, g, _, _ in asked], [groups[g][a] for _, g, a, _ in asked],
+                              [groups[g][b] for _, g, _, b in asked]),
+                len(asked), what="preferences")
+        else:
+            labels = _labels_from_ranks(judge, prompts, groups, [(g, a, b) for _, g, a, b in asked])
+        for (query_id, _, _, _), label in zip(asked, labels):
+            store.answer(query_id, label, annotator=name, source=name)
+            stats.query_ids.append(query_id)
+            if label is None:
+                stats.skipped += 1
+            else:
+                stats.answered += 1
+                stats.ties += int(label == 0.5)
+    timing["asking"] = time.perf_counter() - t0
+    stats.seconds = timing
+    return stats
