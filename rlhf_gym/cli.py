@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "label": ("rlhf_gym.live.cli", "Answer preference queries as a live human (terminal or --web page)."),
     "train-rm": ("rlhf_gym.reward_model", "Train a reward model on a preference store or TRL-format file."),
     "eval": ("rlhf_gym.evaluate", "Score saved policies with a reward provider; compare two by win rate."),
+    "frontier": ("rlhf_gym.frontier", "Sweep the KL coefficient β and draw the reward–KL frontier (CSV + PNG)."),
 }
 
 

@@ -41,6 +41,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "rlhf_gym_plugins.live_human",
     "rlhf_gym_plugins.ppo",
     "rlhf_gym_plugins.reinforce",
+    "rlhf_gym_plugins.grpo",
     "rlhf_gym_plugins.dpo",
     "rlhf_gym_plugins.sft",
     "rlhf_gym_plugins.sb3_algorithms",

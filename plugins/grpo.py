@@ -1,0 +1,79 @@
+"""GRPO (Shao et al. 2024, DeepSeekMath), as a built-in plugin: k completions per prompt, advantages normalised
+within each prompt's group, PPO's clipped objective on every token, and the KL to the reference as a loss term
+(k3 estimator) rather than folded into the reward. No value head.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import rlhf_gym
+from rlhf_gym.advantages import group_normalised_advantages, masked_mean
+from rlhf_gym.config import hp
+from rlhf_gym.errors import ConfigError
+from rlhf_gym.kl import kl_k3
+from rlhf_gym.losses import ppo_policy_loss
+from rlhf_gym.online import OnlineAlgorithm, OnlineConfig
+
+
+@dataclass
+class GRPOConfig(OnlineConfig):
+    group_size: int = hp(4, "completions per prompt; advantages are normalised within each prompt's group")
+    beta: float = hp(0.0, "weight of the k3 KL-to-reference loss term (0: no reference model)")
+    num_iterations: int = hp(1, "gradient steps on each batch (PPO-style clipping keeps later ones close)")
+    clip_range: float = hp(0.2, "policy ratio clip ε")
+    scale_rewards: bool = hp(True, "divide by the group's standard deviation (False: Dr. GRPO, mean only)")
+
+
+class GRPO(OnlineAlgorithm):
+    """Group relative policy optimisation: group-normalised advantages, clipped objective, KL as a loss term."""
+
+    Config: Any = GRPOConfig
+    config: GRPOConfig
+    name = "grpo"
+
+    def setup(self) -> None:
+        if self.config.group_size < 2:
+            raise ConfigError(f"grpo needs group_size ≥ 2 completions per prompt, got {self.config.group_size}")
+        super().setup()
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.config
+        # -- rollout ---------------------------------------------------------------------------------------------
+        batch = self.collect()
+        r = batch.rollout
+        # -- advantages: scores normalised within each prompt's group (unscored samples masked out) ---------------
+        k = cfg.group_size
+        grouped = batch.scores.view(-1, k)
+        ok = batch.valid.view(-1, k)
+        fill = (grouped * ok).sum(1, keepdim=True) / ok.sum(1, keepdim=True).clamp(min=1)
+        filled = torch.where(ok, grouped, fill).reshape(-1)
+        adv = group_normalised_advantages(filled, k, scale=cfg.scale_rewards)
+        mask = r.completion_mask * batch.valid.unsqueeze(-1).to(r.completion_mask.dtype)
+        # -- update: clipped objective + β·k3 KL per token ------------------------------------------------------------
+        start = time.perf_counter()
+        args = (r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
+        for _ in range(cfg.num_iterations):
+            out = self.policy(*args, with_entropy=True, temperature=cfg.temperature)
+            loss, stats = ppo_policy_loss(out.logprobs, batch.logprobs, adv, mask, cfg.clip_range)
+            if batch.ref_logprobs is not None:
+                loss = loss + self.kl_ctl.value * masked_mean(kl_k3(out.logprobs, batch.ref_logprobs), mask)
+            self.clip_and_step(loss)
+        update_time = time.perf_counter() - start
+        self.update_kl_controller(batch)
+        metrics = self.batch_metrics(batch, entropy=float(masked_mean(out.entropy.detach(), mask)))
+        metrics.update({
+            "loss/policy_avg": loss.item(),
+            "policy/clipfrac_avg": float(stats.clipfrac),
+            "timing/update": update_time + r.timing.get("forward", 0.0),
+        })
+        return metrics
+
+
+@rlhf_gym.hookimpl
+def register_algorithms(register):
+    register("grpo", GRPO)
