@@ -20,7 +20,7 @@ import torch
 
 import rlhf_gym
 from rlhf_gym.config import hp
-from rlhf_gym.data import load_records, tokenize_completions
+from rlhf_gym.data import ShuffledIndices, load_records, tokenize_completions
 from rlhf_gym.errors import ConfigError
 from rlhf_gym.losses import DPO_LOSS_TYPES, dpo_loss
 from rlhf_gym.online import OnlineAlgorithm, OnlineConfig
@@ -80,20 +80,7 @@ class DPO(OnlineAlgorithm):
         self.rejected_ids, self.rejected_mask = tokenize_completions(
             pol.tokenizer, [r["rejected"] for r in records], cfg.max_completion_tokens, **tok)
         self.ref_cache = torch.full((len(records), 2), float("nan"))
-        self.data_generator = torch.Generator().manual_seed(cfg.seed)
-        self.order = torch.randperm(len(records), generator=self.data_generator)
-        self.cursor = 0
-
-    def _next_indices(self) -> torch.Tensor:
-        n = len(self.order)
-        take = []
-        while len(take) < min(self.config.batch_size, n):
-            if self.cursor >= n:
-                self.order = torch.randperm(n, generator=self.data_generator)
-                self.cursor = 0
-            take.append(int(self.order[self.cursor]))
-            self.cursor += 1
-        return torch.tensor(take)
+        self.batches = ShuffledIndices(len(records), cfg.batch_size, cfg.seed)
 
     # -- the update -------------------------------------------------------------------------------------------------
     def _dpo_update(self, prompt_ids, prompt_mask, chosen_ids, chosen_mask, rejected_ids, rejected_mask,
@@ -132,7 +119,7 @@ class DPO(OnlineAlgorithm):
         return self._offline_step() if self.offline else self._online_step()
 
     def _offline_step(self) -> dict[str, float]:
-        idx = self._next_indices()
+        idx = self.batches.next()
         p_ids, p_mask = self.prompt_ids[idx], self.prompt_mask[idx]
         c_ids, c_mask = self.chosen_ids[idx], self.chosen_mask[idx]
         r_ids, r_mask = self.rejected_ids[idx], self.rejected_mask[idx]
@@ -181,14 +168,14 @@ class DPO(OnlineAlgorithm):
     def extra_state(self):
         if not self.offline:
             return super().extra_state()
-        return ({"data_rng": self.data_generator.get_state(), "order": self.order, "ref_cache": self.ref_cache},
-                {"cursor": self.cursor})
+        tensors, values = self.batches.state()
+        return {**tensors, "ref_cache": self.ref_cache}, values
 
     def load_extra_state(self, tensors, values):
         if not self.offline:
             return super().load_extra_state(tensors, values)
-        self.data_generator.set_state(tensors["data_rng"])
-        self.order, self.ref_cache, self.cursor = tensors["order"], tensors["ref_cache"], values["cursor"]
+        self.batches.load_state(tensors, values)
+        self.ref_cache = tensors["ref_cache"]
 
 
 @rlhf_gym.hookimpl

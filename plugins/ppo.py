@@ -22,7 +22,7 @@ from rlhf_gym.online import OnlineAlgorithm, OnlineConfig
 
 @dataclass
 class PPOConfig(OnlineConfig):
-    learning_rate: float = hp(3e-4, "AdamW learning rate")
+    learning_rate: float = hp(1e-4, "AdamW learning rate")
     ppo_epochs: int = hp(4, "passes over each batch")
     minibatch_size: int = hp(8, "samples per gradient step")
     clip_range: float = hp(0.2, "policy ratio clip ε")

@@ -12,12 +12,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 import rlhf_gym
 from rlhf_gym.algorithm import Algorithm, AlgorithmConfig
 from rlhf_gym.config import hp
-from rlhf_gym.data import load_records, tokenize_completions
+from rlhf_gym.data import ShuffledIndices, load_records, tokenize_completions
 from rlhf_gym.losses import sft_loss
 
 
@@ -46,22 +44,10 @@ class SFT(Algorithm):
         self.completion_ids, self.completion_mask = tokenize_completions(
             pol.tokenizer, [r["completion"] for r in records], cfg.max_completion_tokens,
             pad_token_id=pol.pad_token_id, eos_token_id=pol.eos_token_id, add_eos=cfg.add_eos)
-        self.data_generator = torch.Generator().manual_seed(cfg.seed)
-        self.order = torch.randperm(len(records), generator=self.data_generator)
-        self.cursor = 0
-
-    def _next_indices(self) -> torch.Tensor:
-        n, take = len(self.order), []
-        while len(take) < min(self.config.batch_size, n):
-            if self.cursor >= n:
-                self.order = torch.randperm(n, generator=self.data_generator)
-                self.cursor = 0
-            take.append(int(self.order[self.cursor]))
-            self.cursor += 1
-        return torch.tensor(take)
+        self.batches = ShuffledIndices(len(records), cfg.batch_size, cfg.seed)
 
     def train_step(self) -> dict[str, float]:
-        idx = self._next_indices()
+        idx = self.batches.next()
         mask = self.completion_mask[idx]
         width = int(mask.sum(1).max())  # drop columns that are padding for the whole batch
         start = time.perf_counter()
@@ -72,11 +58,10 @@ class SFT(Algorithm):
                 "perf/tokens_per_s": float(mask.sum()) / max(time.perf_counter() - start, 1e-9)}
 
     def extra_state(self):
-        return {"data_rng": self.data_generator.get_state(), "order": self.order}, {"cursor": self.cursor}
+        return self.batches.state()
 
     def load_extra_state(self, tensors, values):
-        self.data_generator.set_state(tensors["data_rng"])
-        self.order, self.cursor = tensors["order"], values["cursor"]
+        self.batches.load_state(tensors, values)
 
 
 @rlhf_gym.hookimpl

@@ -78,3 +78,18 @@ def build_config(config_cls: type[C], overrides: Mapping[str, Any] | None = None
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def parse_json_object(text: str | None, option: str) -> dict[str, Any]:
+    """A command-line option's JSON object (``None``/empty: ``{}``), or one clear error naming the option."""
+    import json
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{option} must be a JSON object, e.g. '{{\"preset\": \"noisy\"}}' ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{option} must be a JSON object (got {type(value).__name__})")
+    return value

@@ -84,3 +84,32 @@ def tokenize_completions(tokenizer: Any, texts: Sequence[str], max_tokens: int, 
         out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, : len(r)] = 1
     return out, mask
+
+
+class ShuffledIndices:
+    """Batches of record indices in epochs: each pass over the records is a fresh permutation of a seeded
+    generator, so offline training is reproducible and resumes exactly (see :meth:`state`)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size = n, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(n, generator=self.generator)
+        self.cursor = 0
+
+    def next(self) -> torch.Tensor:
+        """The next ``min(batch_size, n)`` indices, starting a new permutation when a pass ends."""
+        take: list[int] = []
+        while len(take) < min(self.batch_size, self.n):
+            if self.cursor >= self.n:
+                self.order = torch.randperm(self.n, generator=self.generator)
+                self.cursor = 0
+            take.append(int(self.order[self.cursor]))
+            self.cursor += 1
+        return torch.tensor(take)
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return {"data_rng": self.generator.get_state(), "order": self.order}, {"cursor": self.cursor}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> None:
+        self.generator.set_state(tensors["data_rng"])
+        self.order, self.cursor = tensors["order"], int(values["cursor"])

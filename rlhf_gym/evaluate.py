@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rlhf_gym.config import parse_json_object
 from rlhf_gym.errors import ConfigError
 
 DEFAULT_REWARD = "sentiment"
@@ -293,18 +294,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
 
-def _json_object(text: str | None, option: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{option} must be a JSON object, e.g. '{{\"preset\": \"noisy\"}}' ({exc.msg})") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{option} must be a JSON object (got {type(value).__name__})")
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
     """Evaluate the ``--policy`` values and print a table (or ``--json``)."""
     policies: list[str] = list(args.policy)
@@ -312,8 +301,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"pass at least one --policy PATH (a saved policy, a run directory, or {TINY_POLICY!r})")
     if args.judge and len(policies) != 2:
         raise ConfigError(f"--judge compares exactly two policies; got {len(policies)} --policy values")
-    reward_kwargs = _json_object(args.reward_kwargs, "--reward-kwargs")
-    judge_kwargs = _json_object(args.judge_kwargs, "--judge-kwargs")
+    reward_kwargs = parse_json_object(args.reward_kwargs, "--reward-kwargs")
+    judge_kwargs = parse_json_object(args.judge_kwargs, "--judge-kwargs")
     prompts = args.prompts
     if prompts is not None and not Path(prompts).is_file():
         raise ConfigError(f"prompts file {prompts!r} does not exist; pass a .txt (one prompt per line) or .jsonl file")

@@ -523,18 +523,14 @@ def _print_table(points: Sequence[FrontierPoint], ground_truth: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``rlhf-gym frontier``: build the start policy and env, sweep β, print the table and the output paths."""
+    from rlhf_gym.config import parse_json_object
     from rlhf_gym.train import RunOptions, make_env
 
     betas = parse_betas(args.betas)
     progress = not args.no_progress and not os.environ.get("RLHF_GYM_NO_PROGRESS")
     reward_kwargs: dict[str, Any] = {}
     if args.reward_kwargs:
-        try:
-            reward_kwargs = json.loads(args.reward_kwargs)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--reward-kwargs must be a JSON object, e.g. '{{\"preset\": \"noisy\"}}' ({exc})") from None
-        if not isinstance(reward_kwargs, dict):
-            raise ConfigError(f"--reward-kwargs must be a JSON object, got {args.reward_kwargs!r}")
+        reward_kwargs = parse_json_object(args.reward_kwargs, "--reward-kwargs")
     elif args.reward is None:
         reward_kwargs = {"preset": "noisy"}
     ground_truth = None if str(args.ground_truth).lower() in ("none", "") else args.ground_truth

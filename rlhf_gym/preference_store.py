@@ -849,8 +849,8 @@ def open_store(location: str | os.PathLike[str], **kwargs: Any) -> PreferenceBac
     return PreferenceStore(location, **kwargs)
 
 
-def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Yield the JSON objects of a ``.jsonl`` file, with an error naming the line that is not one."""
+def iter_jsonl(path: str | os.PathLike[str], error: type[Exception] = PreferenceStoreError) -> Iterator[dict[str, Any]]:
+    """Yield the JSON objects of a ``.jsonl`` file; a line that is not one raises ``error`` naming it."""
     with Path(path).open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -858,9 +858,9 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise PreferenceStoreError(f"{path}:{lineno} is not valid JSON ({exc.msg})") from None
+                raise error(f"{path}:{lineno} is not valid JSON ({exc.msg})") from None
             if not isinstance(value, dict):
-                raise PreferenceStoreError(
+                raise error(
                     f"{path}:{lineno} is a JSON {type(value).__name__}; each line must be an object (a record with "
                     f"named columns)")
             yield value

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhf_gym.config import parse_json_object
 from rlhf_gym.errors import ConfigError
 
 DEMO_BETA = 0.05
@@ -33,7 +34,7 @@ class RunOptions:
     model: str | None = None
     prompts: str | None = None
     updates: int = 120
-    sft_updates: int = 60
+    sft_updates: int = 30
     eval_samples: int = 128
     max_new_tokens: int = 24
     max_prompt_tokens: int = 16
@@ -145,10 +146,7 @@ def resolve_options(args: argparse.Namespace, extra: list[str]) -> RunOptions:
         for key, value in source.items():
             key = key.replace("-", "_")
             if key == "reward_kwargs" and isinstance(value, str):
-                try:
-                    value = json.loads(value)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"--reward-kwargs must be a JSON object, e.g. '{{\"preset\": \"noisy\"}}' ({exc})") from None
+                value = parse_json_object(value, "--reward-kwargs")
             if key in ("config", "algo_config"):
                 algo_config.update(value if isinstance(value, dict) else {})
             elif hasattr(opts, key):

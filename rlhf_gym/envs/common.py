@@ -10,7 +10,6 @@ on the same input.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -171,17 +170,9 @@ def load_prompts(prompts: Any) -> tuple[list[str], dict[str, list[Any]]]:
             texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
             source = str(path)
         elif path.suffix == ".jsonl":
-            rows = []
-            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{path}:{lineno} is not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict):
-                    raise ConfigError(f"{path}:{lineno} must be a JSON object with a 'prompt' field")
-                rows.append(row)
+            from rlhf_gym.preference_store import iter_jsonl
+
+            rows = list(iter_jsonl(path, error=ConfigError))
             texts, extras = _rows_to_columns(rows, str(path))
             source = str(path)
         else:
