@@ -11,11 +11,16 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlhf_gym.tiny import CACHE_ENV_VAR, TinyKit, build_tiny_kit, build_tiny_tokenizer, random_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault(CACHE_ENV_VAR, str(REPO_ROOT / ".cache" / "rlhf_gym"))
+
+# One intra-op thread: the tiny models gain nothing from more, results are then the same on any core count, and
+# subprocess-based tests (CLI, examples, the pseudo-terminal) are not starved by an oversubscribed parent.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,8 @@ def train(kit, name, updates, **config):
     algo = rlhf_gym.make_algorithm(name, env=env, policy=policy, seed=0, **config)
     algo.learn(updates, progress_bar=False)
     after = evaluate(policy, env, num_samples=EVAL_SAMPLES, reward="sentiment", seed=7, reference=start)
+    print(f"\n{name} {config}: ground truth {before['mean']:.3f} → {after['mean']:.3f} after {updates} updates, "
+          f"KL {after['kl']:.2f}; {after['samples'][0]['prompt']}|{after['samples'][0]['completion']}")
     return before["mean"], after["mean"], after["kl"], algo
 
 

@@ -94,7 +94,10 @@ def ensemble(backbone: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[R
 def test_rm_on_noisy_simulated_human_agrees_with_ground_truth_on_90_percent(tiny_kit) -> None:
     train = labelled(corpus_pairs(6000, seed=101)[:2000], preset="noisy")
     heldout = corpus_pairs(1200, seed=202)  # other reviews, never labelled
-    model, metrics = train_reward_model(train, {"backbone": tiny_kit.path, "dropout": 0.1}, progress=False)
+    # mean pooling: the ground truth is a sum of word valences, which a masked mean of token states follows
+    # better than the last token does (91% vs 88-90% at 2,000 comparisons, see docs/reward_models.md)
+    model, metrics = train_reward_model(train, {"backbone": tiny_kit.path, "dropout": 0.1, "pooling": "mean"},
+                                        progress=False)
     assert metrics["num_train_pairs"] + metrics["num_eval_pairs"] == len(train) <= 2000
     assert metrics["accuracy"] > 0.8  # against the held-out noisy labels themselves
     assert ground_truth_agreement(model, heldout) >= 0.90
