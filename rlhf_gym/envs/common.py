@@ -539,7 +539,7 @@ def score_batch(setup: TextEnvSetup, prompt_indices: np.ndarray, completions: li
 
 
 class ProviderAwareSpec:
-    """Mixin: keeps ``spec.nondeterministic`` True whenever the env's provider is not deterministic.
+    """Mixin of every rlhf_gym env: read-only views of the shared setup, and it keeps ``spec.nondeterministic`` True whenever the env's provider is not deterministic.
 
     ``gym.make``/``gym.make_vec`` assign ``env.unwrapped.spec`` after construction, copying the registered
     ``nondeterministic=False``; this setter replaces it by ``nondeterministic=True`` for a provider such as a
@@ -562,6 +562,21 @@ class ProviderAwareSpec:
 
     def _init_metadata(self, base: Mapping[str, Any]) -> dict[str, Any]:
         return {**base, "nondeterministic": not self._setup.deterministic}
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer prompts were encoded with."""
+        return self._setup.tokenizer
+
+    @property
+    def provider(self) -> Any:
+        """The reward provider scoring completions."""
+        return self._setup.provider
+
+    @property
+    def eos_token_id(self) -> int | None:
+        """The token that ends a completion (an episode of TextGen-v0); None if the tokenizer has none."""
+        return self._setup.eos_token_id
 
     @property
     def setup(self) -> TextEnvSetup:

@@ -111,21 +111,6 @@ class CompletionEnv(ProviderAwareSpec, gym.Env):
         self._done = True
         self._closed = False
 
-    @property
-    def tokenizer(self) -> Any:
-        """The tokenizer prompts were encoded with."""
-        return self._setup.tokenizer
-
-    @property
-    def provider(self) -> Any:
-        """The reward provider scoring completions."""
-        return self._setup.provider
-
-    @property
-    def eos_token_id(self) -> int | None:
-        """The token that ends a completion; None if the tokenizer has none."""
-        return self._setup.eos_token_id
-
     def _observation(self) -> dict[str, np.ndarray]:
         prompts = self._setup.prompts
         return {
@@ -239,21 +224,6 @@ class CompletionVectorEnv(ProviderAwareSpec, VectorEnv):
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
         self._sampler = PromptSampler(len(setup.prompts), setup.shuffle)
         self._prompt_index: np.ndarray | None = None
-
-    @property
-    def tokenizer(self) -> Any:
-        """The tokenizer prompts were encoded with."""
-        return self._setup.tokenizer
-
-    @property
-    def provider(self) -> Any:
-        """The reward provider scoring completions."""
-        return self._setup.provider
-
-    @property
-    def eos_token_id(self) -> int | None:
-        """The token that ends a completion; None if the tokenizer has none."""
-        return self._setup.eos_token_id
 
     def _require_started(self) -> np.ndarray:
         if self._prompt_index is None:

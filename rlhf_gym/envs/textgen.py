@@ -129,21 +129,6 @@ class TextGenEnv(ProviderAwareSpec, gym.Env):
 
     # -- read-only views ----------------------------------------------------------------------------------
     @property
-    def tokenizer(self) -> Any:
-        """The tokenizer prompts were encoded with."""
-        return self._setup.tokenizer
-
-    @property
-    def provider(self) -> Any:
-        """The reward provider scoring completions."""
-        return self._setup.provider
-
-    @property
-    def eos_token_id(self) -> int | None:
-        """The token that ends an episode (terminated); None if the tokenizer has none."""
-        return self._setup.eos_token_id
-
-    @property
     def pad_token_id(self) -> int:
         """The id used for left padding."""
         return self._setup.pad_token_id
@@ -287,21 +272,6 @@ class TextGenVectorEnv(ProviderAwareSpec, VectorEnv):
         self._prompt_index = np.zeros(n, dtype=np.int64)
         self._rows = np.arange(n)
         self._started = False
-
-    @property
-    def tokenizer(self) -> Any:
-        """The tokenizer prompts were encoded with."""
-        return self._setup.tokenizer
-
-    @property
-    def provider(self) -> Any:
-        """The reward provider scoring completions."""
-        return self._setup.provider
-
-    @property
-    def eos_token_id(self) -> int | None:
-        """The token that ends an episode (terminated); None if the tokenizer has none."""
-        return self._setup.eos_token_id
 
     def current_prompts(self) -> list[str]:
         """The prompt text of each sub-environment's current episode."""
