@@ -5,9 +5,8 @@ them with the same trivial reward (completion length), and makes one AdamW step 
 β = 0.05 (TRL's default: a reference forward per step), the GRPO-style step β = 0 (TRL's default: no reference).
 
 * rlhf_gym RLOO is ``make_algorithm("rloo", ...)``; its step samples through ``Completion-v0``'s vector env.
-* rlhf_gym has no ``grpo`` algorithm, so the GRPO-style step is written here from rlhf_gym's public pieces:
-  :class:`rlhf_gym.rollout.RolloutWorker` (sampling through the vector env, log-probs returned by the sampler),
-  :meth:`Policy.forward`, ``group_normalised_advantages`` and ``ppo_policy_loss``.
+* rlhf_gym GRPO is ``make_algorithm("grpo", ...)`` (β = 0: the sampler's log-probs are the old ones, no extra
+  forward; group-normalised advantages; clipped objective).
 * The "floor" is the same math in bare torch with HF ``generate()``: sample, decode, score, (reference forward),
   one policy forward over the completion positions, loss, backward, clip, step.
 
@@ -95,49 +94,14 @@ class FloorOnline:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-class GRPOStyleStep:
-    """A GRPO-style step from rlhf_gym's public pieces (rlhf_gym registers no ``grpo`` algorithm).
-
-    Samples through :class:`~rlhf_gym.rollout.RolloutWorker` (the sampler returns the old log-probs, so no extra
-    forward), scales advantages within each group, and minimises the clipped surrogate averaged over all tokens.
-    """
-
-    def __init__(self, setup: common.BenchSetup) -> None:
-        from rlhf_gym.rollout import RolloutWorker
-
-        self.policy = setup.load_policy()
-        self.worker = RolloutWorker(setup.completion_env(common.BATCH, common.GROUP), self.policy,
-                                    num_prompts=common.BATCH // common.GROUP, group_size=common.GROUP,
-                                    seed=common.SEED)
-        self.optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=common.LEARNING_RATE,
-                                           weight_decay=0.0)
-
-    def step(self) -> None:
-        from rlhf_gym.advantages import group_normalised_advantages
-        from rlhf_gym.losses import ppo_policy_loss
-
-        self.policy.eval()
-        batch = self.worker.collect(return_logprobs=True)
-        self.policy.train()
-        adv = group_normalised_advantages(batch.scores, common.GROUP)
-        out = self.policy(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
-        assert batch.logprobs is not None
-        loss, _ = ppo_policy_loss(out.logprobs, batch.logprobs, adv, batch.completion_mask, 0.2)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), common.MAX_GRAD_NORM)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-
 def rlhf_gym_step(setup: common.BenchSetup, algo: str) -> Any:
     """The rlhf_gym side's step function for ``algo``."""
-    if algo == "grpo":
-        return GRPOStyleStep(setup).step
     import rlhf_gym
 
     return rlhf_gym.make_algorithm(
-        "rloo", env=setup.completion_env(common.BATCH, common.GROUP), policy=setup.load_policy(),
-        num_prompts=common.BATCH // common.GROUP, group_size=common.GROUP, beta=common.RLOO_BETA,
+        algo, env=setup.completion_env(common.BATCH, common.GROUP), policy=setup.load_policy(),
+        num_prompts=common.BATCH // common.GROUP, group_size=common.GROUP,
+        beta=common.RLOO_BETA if algo == "rloo" else common.GRPO_BETA,
         learning_rate=common.LEARNING_RATE, max_grad_norm=common.MAX_GRAD_NORM, seed=common.SEED,
     ).train_step
 

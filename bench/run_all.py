@@ -64,9 +64,7 @@ METHOD_NOTES = [
     "- **TRL**: its own `trainer.train()` loop. One step is the span from the trainer's `on_step_begin` to its "
     "`on_step_end` callback: generation (RLOO/GRPO), every forward, backward, clipping and the optimizer step. The "
     "other sides' steps run inside `on_step_end` after TRL's step has been timed, giving the A B C order.",
-    "- **rlhf_gym**: `algo.train_step()` of `make_algorithm(\"dpo\" | \"rloo\" | \"ppo\", ...)`. rlhf_gym "
-    "registers no `grpo` algorithm, so the GRPO-style step is built in `bench_rloo.py` from public pieces "
-    "(`RolloutWorker`, `Policy.forward`, `group_normalised_advantages`, `ppo_policy_loss`).",
+    "- **rlhf_gym**: `algo.train_step()` of `make_algorithm(\"dpo\" | \"rloo\" | \"grpo\" | \"ppo\", ...)`.",
     "- **floor**: the same math in bare torch with HF `generate()`: pre-tokenised prompts, the LM head applied "
     "only at completion positions (`logits_to_keep`), a reference forward where TRL does one.",
     "- **DPO**: rlhf_gym computes each pair's reference log-probs once (the reference is frozen) and caches them; "
