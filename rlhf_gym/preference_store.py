@@ -43,6 +43,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -555,27 +556,18 @@ class PreferenceStore(PreferenceBackend):
             conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise PreferenceStoreError(f"cannot open preference store {self.location!r}: {exc}") from None
+        # Two processes opening a new store at once can meet while one switches it to WAL or migrates it; SQLite
+        # then answers "locked" without waiting, so the set-up is retried until `timeout`.
+        deadline = time.monotonic() + timeout
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise PreferenceStoreError(
-                    f"preference store {self.location!r} has schema version {version}, newer than this rlhf_gym "
-                    f"knows (version {SCHEMA_VERSION}); upgrade rlhf_gym (pip install -U rlhf_gym) to open it")
-            if version == 0:
-                tables = [r[0] for r in conn.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
-                if tables:
-                    raise PreferenceStoreError(
-                        f"{self.location!r} is a SQLite database but not a preference store (it has the tables "
-                        f"{', '.join(tables)}); give a new file name for the store")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise PreferenceStoreError(
-                    f"preference store {self.location!r} cannot use WAL mode (got {mode!r}); put it on a local disk")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            migrate(conn)
+            while True:
+                try:
+                    self._initialise(conn, timeout)
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise PreferenceStoreError(
@@ -585,6 +577,29 @@ class PreferenceStore(PreferenceBackend):
             conn.close()
             raise
         self._conn = conn
+
+    def _initialise(self, conn: sqlite3.Connection, timeout: float) -> None:
+        """Check the file is a store this rlhf_gym can open, switch it to WAL and migrate it to the current schema."""
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise PreferenceStoreError(
+                f"preference store {self.location!r} has schema version {version}, newer than this rlhf_gym "
+                f"knows (version {SCHEMA_VERSION}); upgrade rlhf_gym (pip install -U rlhf_gym) to open it")
+        if version == 0:
+            tables = [r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+            if tables:
+                raise PreferenceStoreError(
+                    f"{self.location!r} is a SQLite database but not a preference store (it has the tables "
+                    f"{', '.join(tables)}); give a new file name for the store")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise PreferenceStoreError(
+                f"preference store {self.location!r} cannot use WAL mode (got {mode!r}); put it on a local disk")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn)
 
     # -- plumbing -----------------------------------------------------------------------------------------------
     @property
