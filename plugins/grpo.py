@@ -9,10 +9,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 import rlhf_gym
-from rlhf_gym.advantages import group_normalised_advantages, masked_mean
+from rlhf_gym.advantages import fill_unscored_with_group_mean, group_normalised_advantages, masked_mean
 from rlhf_gym.config import hp
 from rlhf_gym.errors import ConfigError
 from rlhf_gym.kl import kl_k3
@@ -47,12 +45,8 @@ class GRPO(OnlineAlgorithm):
         batch = self.collect()
         r = batch.rollout
         # -- advantages: scores normalised within each prompt's group (unscored samples masked out) ---------------
-        k = cfg.group_size
-        grouped = batch.scores.view(-1, k)
-        ok = batch.valid.view(-1, k)
-        fill = (grouped * ok).sum(1, keepdim=True) / ok.sum(1, keepdim=True).clamp(min=1)
-        filled = torch.where(ok, grouped, fill).reshape(-1)
-        adv = group_normalised_advantages(filled, k, scale=cfg.scale_rewards)
+        filled = fill_unscored_with_group_mean(batch.scores, batch.valid, cfg.group_size)
+        adv = group_normalised_advantages(filled, cfg.group_size, scale=cfg.scale_rewards)
         mask = r.completion_mask * batch.valid.unsqueeze(-1).to(r.completion_mask.dtype)
         # -- update: clipped objective + β·k3 KL per token ------------------------------------------------------------
         start = time.perf_counter()

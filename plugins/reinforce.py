@@ -15,7 +15,12 @@ from typing import Any
 import torch
 
 import rlhf_gym
-from rlhf_gym.advantages import MovingAverageBaseline, masked_mean, rloo_advantages
+from rlhf_gym.advantages import (
+    MovingAverageBaseline,
+    fill_unscored_with_group_mean,
+    masked_mean,
+    rloo_advantages,
+)
 from rlhf_gym.config import hp
 from rlhf_gym.errors import ConfigError
 from rlhf_gym.losses import reinforce_loss
@@ -34,22 +39,12 @@ class RLOOConfig(OnlineConfig):
     normalize_advantages: bool = hp(False, "divide advantages by their batch standard deviation")
 
 
-class REINFORCE(OnlineAlgorithm):
-    """REINFORCE with a moving-average baseline and a sequence-level KL penalty."""
-
-    Config: Any = REINFORCEConfig
-    name = "reinforce"
-
-    def setup(self) -> None:
-        super().setup()
-        self.baseline = MovingAverageBaseline(self.config.baseline_decay)
+class PolicyGradient(OnlineAlgorithm):
+    """The update REINFORCE and RLOO share; subclasses say how the baseline is taken in :meth:`advantages`."""
 
     def advantages(self, rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Reward minus the moving average of earlier rewards (updated with this batch's scored samples)."""
-        adv = torch.zeros_like(rewards)
-        if bool(valid.any()):
-            adv[valid] = self.baseline(rewards[valid])
-        return adv
+        """(B,) advantages of the sequence rewards; 0 where ``valid`` is False (no score)."""
+        raise NotImplementedError
 
     def train_step(self) -> dict[str, float]:
         cfg = self.config
@@ -78,6 +73,25 @@ class REINFORCE(OnlineAlgorithm):
         })
         return metrics
 
+
+
+class REINFORCE(PolicyGradient):
+    """REINFORCE with a moving-average baseline and a sequence-level KL penalty."""
+
+    Config: Any = REINFORCEConfig
+    name = "reinforce"
+
+    def setup(self) -> None:
+        super().setup()
+        self.baseline = MovingAverageBaseline(self.config.baseline_decay)
+
+    def advantages(self, rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Reward minus the moving average of earlier rewards (updated with this batch's scored samples)."""
+        adv = torch.zeros_like(rewards)
+        if bool(valid.any()):
+            adv[valid] = self.baseline(rewards[valid])
+        return adv
+
     def extra_state(self):
         tensors, values = super().extra_state()
         values["baseline"] = self.baseline.state_dict()
@@ -88,7 +102,7 @@ class REINFORCE(OnlineAlgorithm):
         self.baseline.load_state_dict(values["baseline"])
 
 
-class RLOO(REINFORCE):
+class RLOO(PolicyGradient):
     """REINFORCE leave-one-out: k samples per prompt, each baselined by the mean reward of the other k−1."""
 
     Config: Any = RLOOConfig
@@ -97,23 +111,12 @@ class RLOO(REINFORCE):
     def setup(self) -> None:
         if self.config.group_size < 2:
             raise ConfigError(f"rloo needs group_size ≥ 2 completions per prompt, got {self.config.group_size}")
-        OnlineAlgorithm.setup(self)
+        super().setup()
 
     def advantages(self, rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         k = self.config.group_size
-        grouped = rewards.view(-1, k)
-        ok = valid.view(-1, k)
-        # A sample without a score takes its group's mean, so it neither pulls nor pushes the others' baseline.
-        counts = ok.sum(1, keepdim=True).clamp(min=1)
-        group_mean = (grouped * ok).sum(1, keepdim=True) / counts
-        filled = torch.where(ok, grouped, group_mean).reshape(-1)
+        filled = fill_unscored_with_group_mean(rewards, valid, k)
         return torch.where(valid, rloo_advantages(filled, k), torch.zeros_like(filled))
-
-    def extra_state(self):
-        return OnlineAlgorithm.extra_state(self)
-
-    def load_extra_state(self, tensors, values):
-        OnlineAlgorithm.load_extra_state(self, tensors, values)
 
 
 @rlhf_gym.hookimpl

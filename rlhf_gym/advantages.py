@@ -252,6 +252,20 @@ def rloo_advantages(scores: torch.Tensor | Sequence[float], group_size: int) -> 
     return (g - baseline).reshape(-1)
 
 
+def fill_unscored_with_group_mean(scores: torch.Tensor, valid: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Scores with each unscored sample replaced by the mean of its group's scored ones (0 if none is scored), so
+    an unscored sample neither pulls nor pushes its group's baseline.
+
+    Example:
+        >>> fill_unscored_with_group_mean(torch.tensor([1.0, 0.0, 3.0, 5.0]), torch.tensor([True, False, True, True]), 2)
+        tensor([1., 1., 3., 5.])
+    """
+    grouped = _grouped(_as_scores(scores), group_size)
+    ok = torch.as_tensor(valid, dtype=torch.bool, device=grouped.device).view_as(grouped)
+    mean = (grouped * ok).sum(1, keepdim=True) / ok.sum(1, keepdim=True).clamp(min=1)
+    return torch.where(ok, grouped, mean).reshape(-1)
+
+
 def group_normalised_advantages(
     scores: torch.Tensor | Sequence[float], group_size: int, scale: bool = True, eps: float = 1e-4
 ) -> torch.Tensor:

@@ -174,18 +174,18 @@ def _progress(enabled: bool) -> bool:
 
 def prepare_policy(opts: RunOptions, run_dir: Path, progress: bool):
     """The policy to train, and the prompts: the tiny kit after SFT (demo), or the given model."""
-    from rlhf_gym.plugins import make_algorithm
+    from rlhf_gym.plugins import algorithm_class, make_algorithm
     from rlhf_gym.policy import Policy
 
-    algo_cls_needs_value = opts.algo == "ppo"
+    needs_value_head = bool(getattr(algorithm_class(opts.algo), "needs_value_head", False))
     if opts.model:
-        policy = Policy.from_pretrained(opts.model, value_head=algo_cls_needs_value)
+        policy = Policy.from_pretrained(opts.model, value_head=needs_value_head)
         return policy, opts.prompts
     from rlhf_gym import tiny
 
     print("Building the tiny kit (cached after the first run)...", flush=True)
     kit = tiny.build_tiny_kit(seed=0, progress=progress)
-    policy = Policy.from_pretrained(kit.path, value_head=algo_cls_needs_value)
+    policy = Policy.from_pretrained(kit.path, value_head=needs_value_head)
     if opts.sft_updates > 0:
         print(f"SFT: {opts.sft_updates} updates on demonstrations...", flush=True)
         sft = make_algorithm("sft", policy=policy, dataset=tiny.demonstrations(4000, seed=opts.seed + 1),
@@ -299,7 +299,7 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     algo_cls = algorithm_class(opts.algo)  # unknown names fail here, before any work
     from rlhf_gym.config import build_config
 
-    build_config(algo_cls.Config, {k: v for k, v in opts.algo_config.items()}, owner=f"algorithm {opts.algo!r}")
+    build_config(algo_cls.Config, opts.algo_config, owner=f"algorithm {opts.algo!r}")
     run_dir = Path(opts.out) if opts.out else default_run_dir(opts.algo)
     run_dir.mkdir(parents=True, exist_ok=True)
     policy, prompts = prepare_policy(opts, run_dir, progress)

@@ -39,12 +39,14 @@ def small(name: str) -> dict:
     base = {"num_prompts": 4, "seed": 3}
     if name == "ppo":
         base.update(minibatch_size=4, ppo_epochs=2)
-    if name == "rloo":
+    if name in ("rloo", "grpo"):
         base.update(num_prompts=2, group_size=2)
+    if name == "grpo":
+        base.update(beta=0.05)  # exercise its KL loss term (the default is β = 0)
     return base
 
 
-@pytest.mark.parametrize("name", ["ppo", "rloo", "reinforce", "dpo"])
+@pytest.mark.parametrize("name", ["ppo", "rloo", "grpo", "reinforce", "dpo"])
 def test_seeded_runs_reproduce_exactly_and_resume_continues_the_same_curve(name, env, random_model_path, tmp_path):
     def fresh():
         return rlhf_gym.make_algorithm(name, env=env, policy=Policy.from_pretrained(random_model_path), **small(name))
