@@ -181,14 +181,7 @@ class SB3Algorithm(Algorithm):
     def load_files(self, path: Path) -> None:
         if self.reference is None or self.reference.adapter_disabled or not (path / "reference").is_dir():
             return
-        from transformers import AutoModelForCausalLM
-
-        from rlhf_gym.policy import ReferenceModel
-
-        model = AutoModelForCausalLM.from_pretrained(str(path / "reference")).to(self.policy.device).eval()
-        model.requires_grad_(False)
-        self.reference = ReferenceModel(model)
-        self.policy._reference = self.reference
+        self.reference = self.policy.load_reference(path / "reference")
         self.kl_callback.reference = self.reference
 
 

@@ -175,11 +175,4 @@ class OnlineAlgorithm(Algorithm):
 
     def load_files(self, path: Path) -> None:
         if self.reference is not None and not self.reference.adapter_disabled and (path / "reference").is_dir():
-            from transformers import AutoModelForCausalLM
-
-            from rlhf_gym.policy import ReferenceModel
-
-            model = AutoModelForCausalLM.from_pretrained(str(path / "reference")).to(self.policy.device).eval()
-            model.requires_grad_(False)
-            self.reference = ReferenceModel(model)
-            self.policy._reference = self.reference
+            self.reference = self.policy.load_reference(path / "reference")

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rlhf_gym.decoding import StaticGPT2Decoder, TanhGELU, fuse_activations, sample_tokens
 from rlhf_gym.errors import ConfigError, RLHFGymError
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -263,6 +264,8 @@ class Policy(nn.Module):
         value_head: add a ``Linear(hidden, 1)`` value head (float32, initialised small), or pass a module.
         disable_dropout: set every dropout probability of the language model to 0 (LoRA dropout excepted), so
             sampling, training forwards and the reference agree — the usual choice for RL fine-tuning.
+        fused_activations: swap GPT-2's ``gelu_new`` (five elementwise ops) for the fused kernel of the same
+            function (:func:`rlhf_gym.decoding.fuse_activations`; equal to float rounding, weights untouched).
 
     Example:
         >>> policy = Policy.from_pretrained("path/to/model", lora={"r": 8})      # doctest: +SKIP
@@ -282,6 +285,7 @@ class Policy(nn.Module):
         *,
         value_head: bool | nn.Module = True,
         disable_dropout: bool = True,
+        fused_activations: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
@@ -294,6 +298,8 @@ class Policy(nn.Module):
             for name, module in model.named_modules():
                 if isinstance(module, nn.Dropout) and "lora_dropout" not in name:
                     module.p = 0.0
+        if fused_activations:
+            fuse_activations(model)
         self.value_head: nn.Module | None = None
         if value_head is True:
             self.add_value_head()
@@ -304,6 +310,9 @@ class Policy(nn.Module):
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_token_id: int = int(pad if pad is not None else (self.eos_token_id or 0))
         self._reference: ReferenceModel | None = None
+        #: sample GPT-2-architecture models through :class:`rlhf_gym.decoding.StaticGPT2Decoder` (same tokens,
+        #: less overhead); False: always the model's own forward.
+        self.fast_decoding = True
 
     # ------------------------------------------------------------------ loading and saving
 
@@ -583,14 +592,9 @@ class Policy(nn.Module):
             pad = torch.tensor(self.pad_token_id, dtype=torch.long, device=device)
 
             positions = position_ids_from_mask(attention_mask)
-            next_position = positions[:, -1:] + 1
-            # transformers 5.x names the KV cache argument `cache`; older releases `past_key_values`.
-            cache_arg = "cache" if "cache" in inspect.signature(self._trunk.forward).parameters else "past_key_values"
-            out = self._trunk(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True
-            )
-            cache = _output_cache(out)
-            hidden = out.last_hidden_state[:, -1]
+            next_position = positions[:, -1] + 1
+            step = self._decoder(input_ids, positions, full_mask)
+            hidden = step(None, None, prompt_len - 1)
             steps = 0
             for t in range(max_new_tokens):
                 logits = self._head(hidden).float()
@@ -600,8 +604,7 @@ class Policy(nn.Module):
                 if t < min_new_tokens and eos.numel():
                     choice_logits = logits.index_fill(-1, eos, float("-inf"))
                 if do_sample:
-                    choice_logits = _filter_logits(choice_logits, top_k, top_p)
-                    next_token = torch.multinomial(choice_logits.softmax(-1), 1, generator=generator).squeeze(-1)
+                    next_token = sample_tokens(_filter_logits(choice_logits, top_k, top_p), generator)
                 else:
                     next_token = choice_logits.argmax(-1)
                 if logprobs is not None:
@@ -613,15 +616,7 @@ class Policy(nn.Module):
                 steps = t + 1
                 if steps == max_new_tokens or bool(done.all()):
                     break
-                out = self._trunk(
-                    input_ids=tokens[:, t : t + 1],
-                    attention_mask=full_mask[:, : prompt_len + t + 1],
-                    position_ids=next_position + t,
-                    use_cache=True,
-                    **{cache_arg: cache},
-                )
-                cache = _output_cache(out)
-                hidden = out.last_hidden_state[:, -1]
+                hidden = step(tokens[:, t], next_position + t, prompt_len + t)
         finally:
             self.model.train(was_training)
         return (
@@ -629,6 +624,43 @@ class Policy(nn.Module):
             token_mask[:, :steps],
             None if logprobs is None else logprobs[:, :steps],
         )
+
+    def _decoder(
+        self, input_ids: Tensor, position_ids: Tensor, full_mask: Tensor
+    ) -> Callable[[Tensor | None, Tensor | None, int], Tensor]:
+        """A step function ``(tokens, positions, index) -> final hidden states (B, E)``; its first call (``None``
+        tokens) runs the prompt. The static-cache GPT-2 decoder when the trunk allows it, else the model's own
+        forward with its KV cache."""
+        if self.fast_decoding and StaticGPT2Decoder.supports(self._trunk):
+            decoder = StaticGPT2Decoder(self._trunk, input_ids.shape[0], full_mask.shape[1], full_mask)
+
+            def fast(tokens: Tensor | None, positions: Tensor | None, index: int) -> Tensor:
+                if tokens is None or positions is None:
+                    return decoder.prefill(input_ids, position_ids)
+                return decoder.step(tokens, positions, index)
+
+            return fast
+
+        # transformers 5.x names the KV cache argument `cache`; older releases `past_key_values`.
+        cache_arg = "cache" if "cache" in inspect.signature(self._trunk.forward).parameters else "past_key_values"
+        cache: Any = None
+
+        def generic(tokens: Tensor | None, positions: Tensor | None, index: int) -> Tensor:
+            nonlocal cache
+            if tokens is None or positions is None:
+                out = self._trunk(
+                    input_ids=input_ids, attention_mask=full_mask[:, : index + 1], position_ids=position_ids,
+                    use_cache=True,
+                )
+            else:
+                out = self._trunk(
+                    input_ids=tokens.unsqueeze(1), attention_mask=full_mask[:, : index + 1],
+                    position_ids=positions.unsqueeze(1), use_cache=True, **{cache_arg: cache},
+                )
+            cache = _output_cache(out)
+            return out.last_hidden_state[:, -1]
+
+        return generic
 
     # ------------------------------------------------------------------ scoring
 
@@ -704,6 +736,21 @@ class Policy(nn.Module):
                 frozen = copy.deepcopy(self.model).eval()
                 frozen.requires_grad_(False)
                 self._reference = ReferenceModel(frozen)
+        return self._reference
+
+    def load_reference(self, path: str | os.PathLike[str]) -> ReferenceModel:
+        """Make the model saved at ``path`` (a checkpoint's ``reference/``) this policy's frozen reference.
+
+        It gets the same treatment as the policy's own copy (activations fused when the policy's are), so a resumed
+        run computes exactly the KL the uninterrupted one did.
+        """
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(os.fspath(path)).to(self.device).eval()
+        model.requires_grad_(False)
+        if any(isinstance(module, TanhGELU) for module in self.model.modules()):
+            fuse_activations(model)
+        self._reference = ReferenceModel(model)
         return self._reference
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> Policy:  # type: ignore[override]

@@ -203,3 +203,13 @@ def test_configuration_reference_mentions_every_field_of_every_algorithm() -> No
     shared = {f.name for f in dataclasses.fields(OnlineConfig)}
     ppo_config = rlhf_gym.plugins.algorithm_class("ppo").Config
     assert all(f"`{f.name}`" in ppo for f in dataclasses.fields(ppo_config) if f.name not in shared)
+
+
+def test_architecture_map_names_every_module() -> None:
+    text = (DOCS / "architecture.md").read_text()
+    package = DOCS.parent / "rlhf_gym"
+    modules = [p for p in package.glob("*.py") if not p.name.startswith("__")]
+    missing = [p.name for p in modules if f"rlhf_gym/{p.name}" not in text]
+    assert not missing, f"docs/architecture.md does not list: {missing}"
+    subpackages = [p.name for p in package.iterdir() if (p / "__init__.py").is_file()]
+    assert all(f"rlhf_gym/{name}/" in text for name in subpackages), subpackages
