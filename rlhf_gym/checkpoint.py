@@ -42,9 +42,13 @@ def restore_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str,
     for idx, values in meta.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(values)
     groups = meta["param_groups"]
-    for group in groups:
+    for group, current in zip(groups, optimizer.param_groups, strict=False):
         if "betas" in group and isinstance(group["betas"], list):
             group["betas"] = tuple(group["betas"])
+        # How the update is computed belongs to this process (a fused kernel may not exist on this device).
+        for key in ("fused", "foreach", "capturable", "differentiable"):
+            if key in current:
+                group[key] = current[key]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 

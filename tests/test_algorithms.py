@@ -219,3 +219,37 @@ def test_third_party_algorithm_trains_through_make_algorithm_and_the_cli(env, ra
         assert json.loads((out / "config.json").read_text())["algorithm"] == "best-of-n"
     finally:
         rlhf_gym.unregister_plugin(name)
+
+
+def test_optimizer_state_moves_between_fused_and_multi_tensor_adamw() -> None:
+    from rlhf_gym.algorithm import make_adamw
+    from rlhf_gym.checkpoint import flatten_optimizer_state, restore_optimizer_state
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+    fused = make_adamw(params, lr=1e-2, weight_decay=0.0, eps=1e-8)
+    assert fused.param_groups[0]["fused"]  # this CPU build of torch has the fused kernel
+    for _ in range(3):
+        sum((p**2).sum() for p in params).backward()
+        fused.step()
+        fused.zero_grad()
+    tensors, meta = flatten_optimizer_state(fused)
+    json.dumps(meta)  # the non-tensor half must be JSON
+    plain = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0, eps=1e-8)
+    restore_optimizer_state(plain, {k: v.clone() for k, v in tensors.items()}, json.loads(json.dumps(meta)))
+    assert not plain.param_groups[0]["fused"]  # the restoring optimizer keeps its own kernel choice
+    for p in params:
+        assert torch.equal(plain.state[p]["exp_avg"], fused.state[p]["exp_avg"])
+        assert float(plain.state[p]["step"]) == 3.0
+    # One more step on each gives the same update (same maths, different kernels).
+    copies = [p.detach().clone() for p in params]
+    sum((p**2).sum() for p in params).backward()
+    plain.step()
+    after_plain = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, c in zip(params, copies):
+            p.copy_(c)
+    restore_optimizer_state(fused, {k: v.clone() for k, v in tensors.items()}, json.loads(json.dumps(meta)))
+    fused.step()
+    for p, expected in zip(params, after_plain):
+        assert torch.allclose(p, expected, atol=1e-6)
