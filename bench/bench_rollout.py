@@ -28,7 +28,7 @@ def build_sides(setup: common.BenchSetup, names: list[str]) -> dict[str, Callabl
 
     policy = setup.load_policy()
     policy.eval()
-    model = policy.model
+    model = setup.load_model().eval()  # the same weights as loaded: no rlhf_gym kernels on the reference side
     tok = setup.tokenizer
     ids, mask = setup.prompt_batch(setup.prompts)
     generator = torch.Generator().manual_seed(common.SEED)

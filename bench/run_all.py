@@ -64,7 +64,11 @@ METHOD_NOTES = [
     "- **TRL**: its own `trainer.train()` loop. One step is the span from the trainer's `on_step_begin` to its "
     "`on_step_end` callback: generation (RLOO/GRPO), every forward, backward, clipping and the optimizer step. The "
     "other sides' steps run inside `on_step_end` after TRL's step has been timed, giving the A B C order.",
-    "- **rlhf_gym**: `algo.train_step()` of `make_algorithm(\"dpo\" | \"rloo\" | \"grpo\" | \"ppo\", ...)`.",
+    "- **rlhf_gym**: `algo.train_step()` of `make_algorithm(\"dpo\" | \"rloo\" | \"grpo\" | \"ppo\", ...)`. "
+    "Its sampler (`Policy.generate`) runs the GPT-2 blocks over one key/value buffer per call (no per-step "
+    "`torch.cat` or mask building) and draws each token with one uniform per row (`torch.multinomial` draws an "
+    "exponential per vocabulary entry); `Policy` swaps `gelu_new` for the fused tanh-GELU kernel (the same function) "
+    "and AdamW uses torch's fused kernel. TRL and the floor use the model as loaded and HF `generate()`.",
     "- **floor**: the same math in bare torch with HF `generate()`: pre-tokenised prompts, the LM head applied "
     "only at completion positions (`logits_to_keep`), a reference forward where TRL does one.",
     "- **DPO**: rlhf_gym computes each pair's reference log-probs once (the reference is frozen) and caches them; "
@@ -73,8 +77,8 @@ METHOD_NOTES = [
     "- **RLOO**: rlhf_gym takes the old log-probs from the sampler; TRL runs an extra no-grad forward for them. "
     "Both run the reference forward (β = 0.05).",
     "- **Peak RSS**: each side alone in a fresh process (`--side`), `ru_maxrss`, minus the RSS after imports.",
-    "- **PPO memory**: with glibc's default dynamic mmap threshold, blocks freed after the first update stay in "
-    "the heap, so RSS keeps ~40 MiB the live tensors no longer use; the `MALLOC_MMAP_THRESHOLD_` run shows the "
+    "- **PPO memory**: with glibc's default dynamic mmap threshold, blocks freed after the first update can stay "
+    "in the heap, so RSS keeps memory the live tensors no longer use; the `MALLOC_MMAP_THRESHOLD_` run shows the "
     "live peak (weights + reference copy + gradients + AdamW state + one minibatch's activations).",
 ]
 
@@ -85,16 +89,16 @@ MISS_NOTES = {
     "rlhf_gym's drops the old-log-prob forward (the sampler returns the log-probs). The rest is the same tensor "
     "work, so the gap to 0.8 × TRL is what TRL spends outside the floor (re-tokenising, decoding, metrics).",
     "GRPO": "With β = 0 and one iteration TRL skips both extra forwards, so TRL's GRPO step is the floor plus its "
-    "per-step overhead (re-tokenising prompts, `batch_decode`, metric gathering): ≤ 0.8 × TRL then means ≈ 0.97–1.0 "
-    "× the floor. rlhf_gym is at the floor (see the floor row); about half the step is sampling 16 × 32 tokens "
-    "(`Policy.generate`, as fast as HF `generate()` in the rollout row), half the one forward/backward. What "
-    "remains is per-token Python dispatch in the 4-layer model, shared by every side.",
+    "per-step overhead (re-tokenising prompts, `batch_decode`, metric gathering) and ≤ 0.8 × TRL means about 0.8 × "
+    "the floor. About half of every side's step is sampling 16 × 32 tokens; rlhf_gym gets under the floor only "
+    "through its sampler (see the rollout row) and the fused GELU/AdamW kernels, so a loaded machine that slows "
+    "the sampler's share shows here first.",
     "DPO": "rlhf_gym's DPO step is one forward/backward over 32 rows (reference log-probs cached per pair).",
     "rollout": "The env adds one decode and one reward call per batch; sampling is `Policy.generate`.",
     "PPO peak": "Live tensors at the peak are weights + reference copy + gradients + AdamW state + one minibatch's "
-    "activations (GPT-2's `gelu_new` alone saves 5 tensors of 8 × 47 × 1024 floats per layer). Above that, glibc's "
-    "dynamic mmap threshold keeps blocks freed after the first update in the heap: the `MALLOC_MMAP_THRESHOLD_` "
-    "row is the same run with the threshold pinned.",
+    "activations; the reference copy and the gradients are outside the budget. Above that, glibc's dynamic mmap "
+    "threshold keeps blocks freed after the first update in the heap: the `MALLOC_MMAP_THRESHOLD_` row is the same "
+    "run with the threshold pinned.",
 }
 
 
