@@ -12,6 +12,8 @@ Two kinds of query are kept:
 
 The same query is never asked twice: a unique key on a hash of (kind, prompt, the completions — for pairs, in
 sorted order) makes :meth:`PreferenceBackend.add_query` return ``None`` for a pair already asked in either order.
+Nor is one query shown to two labellers at once: front-ends take the next query with :meth:`PreferenceBackend.claim`,
+which leases it to their session until it is answered, released, or the lease (10 minutes by default) runs out.
 
 Preference pairs export to, and import from, TRL's column format (``prompt``, ``chosen``, ``rejected``, plus
 ``margin``, ``label``, ``annotator``, ``source``, ``created_at``, ``answered_at``) as JSONL, Parquet or a
@@ -72,6 +74,10 @@ class UnknownQueryError(PreferenceStoreError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+#: seconds a claimed query stays reserved for its labeller without an answer (see PreferenceBackend.claim)
+DEFAULT_LEASE_S = 600.0
 
 
 def utc_now() -> str:
@@ -214,6 +220,26 @@ class PreferenceBackend(abc.ABC):
     def withdraw(self, query_ids: Iterable[int]) -> int:
         """Remove those of ``query_ids`` that are still unanswered from the queue; returns how many."""
 
+    @abc.abstractmethod
+    def claim(self, holder: str, *, kind: str | None = None, query_ids: Iterable[int] | None = None,
+              exclude: Iterable[int] = (), prefer: int | None = None,
+              lease_s: float = DEFAULT_LEASE_S) -> Query | None:
+        """Lease the oldest pending query nobody else holds (``prefer`` first if it is claimable), so labellers
+        working the same store are never shown the same query; ``None`` when there is none to claim.
+
+        A lease lasts ``lease_s`` seconds, ends when the query is answered or :meth:`release` d, and claiming again
+        renews the holder's own. ``holder`` names the labeller (front-ends pass the annotator id), so a labeller
+        whose session was killed gets the query back on restart while everyone else is kept off it.
+        """
+
+    @abc.abstractmethod
+    def release(self, query_id: int, holder: str) -> bool:
+        """Give back ``holder``'s lease on ``query_id`` (the query stays pending); whether there was one."""
+
+    @abc.abstractmethod
+    def leased(self) -> dict[int, str]:
+        """Unexpired leases on pending queries: ``{query_id: holder}``."""
+
     # -- abstract: answers -----------------------------------------------------------------------------------
     @abc.abstractmethod
     def answer(self, query_id: int, label: Any, *, annotator: str, source: str,
@@ -239,7 +265,8 @@ class PreferenceBackend(abc.ABC):
 
     @abc.abstractmethod
     def stats(self) -> dict[str, Any]:
-        """Counts: ``queries``, ``answered``, ``pending``, per choice, and ``annotators``."""
+        """Counts: ``queries``, ``answered``, ``pending``, per choice, ``annotators`` and ``leased`` (pending
+        queries another session is being shown)."""
 
     @abc.abstractmethod
     def _insert_answered(self, rows: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> ImportResult:
@@ -494,6 +521,17 @@ def _v2_answer_meta(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX answers_by_annotator ON answers(annotator, id)")
 
 
+@_migration
+def _v3_leases(conn: sqlite3.Connection) -> None:
+    # who is being shown which pending query, until when (unix seconds); gone with the query or its answer
+    conn.execute("""
+        CREATE TABLE leases (
+            query_id    INTEGER PRIMARY KEY REFERENCES queries(id) ON DELETE CASCADE,
+            holder      TEXT NOT NULL,
+            expires_at  REAL NOT NULL
+        )""")
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -688,6 +726,53 @@ class PreferenceStore(PreferenceBackend):
                 "AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = queries.id)")
             return cur.rowcount
 
+    def claim(self, holder: str, *, kind: str | None = None, query_ids: Iterable[int] | None = None,
+              exclude: Iterable[int] = (), prefer: int | None = None,
+              lease_s: float = DEFAULT_LEASE_S) -> Query | None:
+        if not holder:
+            raise ValueError("claim() needs a holder id (the labelling session asking)")
+        if lease_s <= 0:
+            raise ValueError(f"lease_s must be a positive number of seconds, got {lease_s}")
+        sql = (f"SELECT {_QUERY_COLUMNS} FROM queries q LEFT JOIN answers a ON a.query_id = q.id "
+               "LEFT JOIN leases l ON l.query_id = q.id "
+               "WHERE a.id IS NULL AND (l.query_id IS NULL OR l.expires_at <= ? OR l.holder = ?)")
+        now = time.time()
+        params: list[Any] = [now, holder]
+        if kind is not None:
+            if kind not in QUERY_KINDS:
+                raise ValueError(f"kind must be one of {', '.join(QUERY_KINDS)}, got {kind!r}")
+            sql += " AND q.kind = ?"
+            params.append(kind)
+        if query_ids is not None:
+            ids = [int(i) for i in query_ids]
+            if not ids:
+                return None
+            sql += f" AND q.id IN ({_id_list(ids)})"
+        skip = [int(i) for i in exclude]
+        if skip:
+            sql += f" AND q.id NOT IN ({_id_list(skip)})"
+        sql += " ORDER BY q.id = ? DESC, q.id LIMIT 1"
+        params.append(-1 if prefer is None else int(prefer))
+        with self._write() as conn:
+            row = conn.execute(sql, params).fetchone()
+            if row is None:
+                return None
+            conn.execute("INSERT OR REPLACE INTO leases (query_id, holder, expires_at) VALUES (?, ?, ?)",
+                         (row[0], holder, now + float(lease_s)))
+        return _query_from_row(row)
+
+    def release(self, query_id: int, holder: str) -> bool:
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM leases WHERE query_id = ? AND holder = ?", (int(query_id), holder))
+            return cur.rowcount > 0
+
+    def leased(self) -> dict[int, str]:
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT l.query_id, l.holder FROM leases l LEFT JOIN answers a ON a.query_id = l.query_id "
+                "WHERE a.id IS NULL AND l.expires_at > ? ORDER BY l.query_id", (time.time(),)).fetchall()
+        return {int(r[0]): str(r[1]) for r in rows}
+
     # -- answers --------------------------------------------------------------------------------------------------
     def answer(self, query_id: int, label: Any, *, annotator: str, source: str,
                meta: Mapping[str, Any] | None = None) -> Answer:
@@ -711,6 +796,7 @@ class PreferenceStore(PreferenceBackend):
                     f"query {query_id} was already answered by {who[0] if who else 'someone'!r}; undo that answer "
                     f"first to change it") from None
             answer_id = cur.lastrowid
+            conn.execute("DELETE FROM leases WHERE query_id = ?", (int(query_id),))
         assert answer_id is not None
         return Answer(answer_id, int(query_id), choice, value, annotator, source, now, dict(meta or {}))
 
@@ -761,6 +847,7 @@ class PreferenceStore(PreferenceBackend):
         out: dict[str, Any] = {"queries": queries, "answered": answered, "pending": queries - answered}
         out.update({c: by_choice.get(c, 0) for c in ("a", "b", "tie", "skip", "rating")})
         out["annotators"] = annotators
+        out["leased"] = len(self.leased())
         return out
 
     def _insert_answered(self, rows: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> ImportResult:

@@ -44,9 +44,12 @@ def train(kit, name, updates, **config):
 PPO = {"num_prompts": 16, "learning_rate": 1e-4, "beta": 0.05}
 RLOO = {"num_prompts": 16, "group_size": 4, "learning_rate": 2e-4, "beta": 0.05}
 DPO = {"num_prompts": 16, "group_size": 2, "learning_rate": 1e-4, "beta": 0.1}
+GRPO = {"num_prompts": 8, "group_size": 4, "learning_rate": 2e-4, "beta": 0.05}
 
 
-@pytest.mark.parametrize(("name", "updates", "config"), [("ppo", 40, PPO), ("rloo", 40, RLOO), ("dpo", 40, DPO)])
+@pytest.mark.parametrize(
+    ("name", "updates", "config"), [("ppo", 40, PPO), ("rloo", 40, RLOO), ("dpo", 40, DPO), ("grpo", 40, GRPO)],
+)
 def test_algorithm_raises_the_ground_truth_score_of_fresh_samples(tiny_kit, name, updates, config):
     before, after, kl, _ = train(tiny_kit, name, updates, **config)
     assert after - before >= 0.3, f"{name}: ground truth {before:.3f} → {after:.3f} (KL {kl:.2f})"

@@ -129,6 +129,20 @@ def test_killed_between_answers_loses_no_answered_label(tmp_path: Path) -> None:
     child.expect(pexpect.EOF)
 
 
+def test_a_query_another_labeller_is_answering_is_not_shown(tmp_path: Path) -> None:
+    path = tmp_path / "prefs.db"
+    ids = _make_store(path, 3)
+    with PreferenceStore(path) as store:
+        assert store.claim("bob").id == ids[0]  # type: ignore[union-attr]  # bob is looking at question 0
+    child = _spawn(path)
+    assert [_answer(child, "a")[0], _answer(child, "b")[0]] == [1, 2]
+    child.expect("nothing left to label")
+    child.expect("1 more are being answered in other sessions")
+    child.expect(pexpect.EOF)
+    with PreferenceStore(path) as store:
+        assert [q.id for q in store.pending()] == [ids[0]] and store.leased() == {ids[0]: "bob"}
+
+
 def test_rating_questions_and_time_limit(tmp_path: Path) -> None:
     path = tmp_path / "prefs.db"
     with PreferenceStore(path) as store:

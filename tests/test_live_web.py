@@ -71,7 +71,7 @@ def test_json_endpoints_store_answers_and_refuse_bad_ones(served: tuple[Preferen
     query = data["query"]
     assert status == 200 and query["prompt"] == "question 0"
     assert {s["text"] for s in query["sides"]} == {"alpha0", "omega0"}
-    assert data["progress"] == {"answered": 0, "pending": 5, "mine": 0}
+    assert data["progress"] == {"answered": 0, "pending": 5, "mine": 0, "elsewhere": 0}
     status, data = _request(base + "/api/answer", {"query_id": query["id"], "answer": "b", "swapped": True}, auth)
     assert status == 200 and data["answer"]["label"] == 0.0
     assert _request(base + "/api/answer", {"query_id": query["id"], "answer": "a"}, auth)[0] == 409
@@ -83,6 +83,34 @@ def test_json_endpoints_store_answers_and_refuse_bad_ones(served: tuple[Preferen
     assert (ans.choice, ans.annotator, ans.source, ans.meta["swapped"]) == ("b", "web-ann", "web", True)
     status, data = _request(base + "/api/undo", {}, auth)
     assert data["undone"] == query["id"] and store.answers() == []
+
+
+def test_two_pages_on_one_store_are_never_shown_the_same_query(served: tuple[PreferenceStore, WebLabelServer]) -> None:
+    store, first = served
+    second = WebLabelServer(store, annotator="other-ann", port=0).start()
+    try:
+        def next_id(server: WebLabelServer) -> int:
+            status, data = _request(f"http://127.0.0.1:{server.port}/api/next", headers={"X-Label-Token": server.token})
+            assert status == 200
+            return data["query"]["id"]
+
+        mine, theirs = next_id(first), next_id(second)
+        assert mine != theirs
+        assert next_id(first) == mine  # asking again (a reload) shows the same query, not a third one
+        status, data = _request(f"http://127.0.0.1:{first.port}/api/next", headers={"X-Label-Token": first.token})
+        assert data["progress"]["elsewhere"] == 1
+        # once answered, the other page moves on and never gets the first page's query
+        _request(f"http://127.0.0.1:{second.port}/api/answer", {"query_id": theirs, "answer": "a"},
+                 {"X-Label-Token": second.token})
+        seen = set()
+        for _ in range(3):
+            qid = next_id(second)
+            seen.add(qid)
+            _request(f"http://127.0.0.1:{second.port}/api/answer", {"query_id": qid, "answer": "s"},
+                     {"X-Label-Token": second.token})
+        assert mine not in seen and theirs not in seen
+    finally:
+        second.stop()
 
 
 def test_the_page_only_listens_on_this_machine(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,25 @@ _WORKER = textwrap.dedent("""
 """)
 
 
+_CLAIMING_WORKER = textwrap.dedent("""
+    import os, sys, time
+    from rlhf_gym.preference_store import PreferenceStore, AlreadyAnsweredError
+    path, annotator, go_file = sys.argv[1], sys.argv[2], sys.argv[3]
+    store = PreferenceStore(path)
+    print("ready", flush=True)
+    while not os.path.exists(go_file):
+        time.sleep(0.002)
+    while (query := store.claim(annotator + "@worker")) is not None:
+        try:
+            store.answer(query.id, "a", annotator=annotator, source="worker")
+        except AlreadyAnsweredError:
+            print("conflict", flush=True)
+            continue
+        print(query.id, flush=True)
+        time.sleep(0.003)
+""")
+
+
 def _spawn(path: Path, annotator: str, pause: float | None = None) -> subprocess.Popen[str]:
     """A worker answering every pending query it can; it prints "ready", waits for ``<path>.go``, then one id
     per committed answer."""
@@ -214,6 +234,60 @@ def test_two_processes_answering_the_same_queue_lose_nothing(tmp_path: Path) -> 
         for name, ids in claimed.items():
             assert {a.query_id for a in store.answers(annotator=name)} == ids
         assert store.stats()["answered"] == 150
+
+
+def test_claim_leases_each_query_to_one_session(store: PreferenceStore) -> None:
+    ids = _fill(store, 4)
+    assert store.claim("alice@t").id == ids[0]  # type: ignore[union-attr]
+    assert store.claim("bob@t").id == ids[1]  # type: ignore[union-attr]
+    assert store.claim("alice@t").id == ids[0]  # type: ignore[union-attr]  # her own lease, renewed
+    assert store.leased() == {ids[0]: "alice@t", ids[1]: "bob@t"}
+    assert store.stats()["leased"] == 2
+    assert len(store.pending()) == 4  # a lease hides nothing from the queue itself
+    store.answer(ids[0], "a", annotator="alice", source="t")
+    assert store.leased() == {ids[1]: "bob@t"}  # answering ends the lease
+    assert store.claim("alice@t").id == ids[2]  # type: ignore[union-attr]
+    assert store.release(ids[2], "bob@t") is False  # only the holder can give it back
+    assert store.release(ids[2], "alice@t") is True
+    assert store.claim("carol@t", prefer=ids[3]).id == ids[3]  # type: ignore[union-attr]
+    assert store.claim("dave@t", exclude=[ids[2]]) is None  # ids[1] is bob's, ids[3] carol's
+    assert store.claim("dave@t", query_ids=[ids[1], ids[3]]) is None
+    assert store.claim("dave@t").id == ids[2]  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="holder"):
+        store.claim("")
+    with pytest.raises(ValueError, match="lease_s"):
+        store.claim("erin@t", lease_s=0)
+
+
+def test_an_expired_lease_lets_another_session_take_the_query(store: PreferenceStore) -> None:
+    (qid,) = _fill(store, 1)
+    assert store.claim("alice@t", lease_s=0.05).id == qid  # type: ignore[union-attr]
+    assert store.claim("bob@t") is None
+    time.sleep(0.1)
+    assert store.leased() == {}
+    assert store.claim("bob@t").id == qid  # type: ignore[union-attr]
+    assert store.leased() == {qid: "bob@t"}
+
+
+def test_two_processes_claiming_from_one_queue_never_get_the_same_query(tmp_path: Path) -> None:
+    path = tmp_path / "prefs.db"
+    with PreferenceStore(path) as store:
+        _fill(store, 150)
+    procs = {}
+    for name in ("left", "right"):
+        procs[name] = subprocess.Popen([sys.executable, "-c", _CLAIMING_WORKER, str(path), name, f"{path}.go"],
+                                       stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for p in procs.values():
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+    Path(f"{path}.go").touch()
+    outputs = {name: p.communicate(timeout=60)[0].split() for name, p in procs.items()}
+    assert all(p.returncode == 0 for p in procs.values())
+    assert all("conflict" not in out for out in outputs.values())  # nobody answered a query someone else held
+    got = {name: {int(x) for x in out} for name, out in outputs.items()}
+    assert not got["left"] & got["right"]
+    assert min(len(ids) for ids in got.values()) > 20  # both really worked at the same time
+    with PreferenceStore(path) as store:
+        assert store.stats()["answered"] == 150 and store.leased() == {}
 
 
 def _labelled_store(path: Path) -> PreferenceStore:

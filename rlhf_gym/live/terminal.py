@@ -31,6 +31,8 @@ from rich.text import Text
 from rlhf_gym.errors import RLHFGymError
 from rlhf_gym.preference_store import AlreadyAnsweredError, PreferenceBackend, Query, UnknownQueryError
 
+#: how often a session waiting for answers other sessions are giving looks again (seconds)
+WAIT_FOR_OTHERS_S = 0.5
 PAIR_HELP = "a = A is better · b = B is better · t = tie · s = skip/can't tell · u = undo last · q = quit"
 
 
@@ -64,6 +66,7 @@ class SessionSummary:
     undone: int = 0  #: answers taken back with ``u``
     timed_out: list[int] = field(default_factory=list)  #: queries left in the queue when their time ran out
     stopped_by: str = "done"  #: ``done`` (nothing left), ``quit``, ``eof`` (terminal closed), ``enough``, ``deadline``
+    held_by_others: list[int] = field(default_factory=list)  #: pending queries other sessions were answering at the end
 
 
 class _LineReader:
@@ -120,6 +123,9 @@ class TerminalLabeler:
         self.console = console or Console(highlight=False)
         self.rng = random.Random(seed)
         self.source = source
+        #: the name on the queries this labeller leases (other labellers are not shown them; a restarted session
+        #: of the same labeller gets its leased query back)
+        self.holder = annotator
 
     def run(self, query_ids: Iterable[int] | None = None, *, deadline: float | None = None,
             enough: Callable[[], bool] | None = None) -> SessionSummary:
@@ -139,12 +145,18 @@ class TerminalLabeler:
             if deadline is not None and time.monotonic() >= deadline:
                 summary.stopped_by = "deadline"
                 break
+            query = self.store.claim(self.holder, kind=self.kind, query_ids=ids, exclude=summary.timed_out,
+                                     prefer=ask_first)
+            ask_first = None
             queue = [q for q in self.store.pending(kind=self.kind, query_ids=ids) if q.id not in summary.timed_out]
-            if not queue:
+            if query is None:
+                held = [q.id for q in queue if q.id in self.store.leased()]
+                if held and enough is not None:  # a caller waits for these: another session is answering them
+                    time.sleep(WAIT_FOR_OTHERS_S)
+                    continue
+                summary.held_by_others = held
                 summary.stopped_by = "done"
                 break
-            query = next((q for q in queue if q.id == ask_first), queue[0])
-            ask_first = None
             swapped = query.kind == "compare" and self.rng.random() < 0.5
             self._show(query, swapped, done=len(summary.answered), left=len(queue))
             shown_at = time.monotonic()
@@ -161,14 +173,17 @@ class TerminalLabeler:
                     self.console.print()
                     self.console.print("[yellow]time's up — the question stays in the queue[/]")
                     summary.timed_out.append(query.id)
+                    self.store.release(query.id, self.holder)
                     break
                 if reader.eof and not line:
                     self.console.print()
                     summary.stopped_by = "eof"
+                    self.store.release(query.id, self.holder)
                     return summary
                 key = line.strip().lower()
                 if key in ("q", "quit"):
                     summary.stopped_by = "quit"
+                    self.store.release(query.id, self.holder)
                     self.console.print("stopped; every answer so far is saved.")
                     return summary
                 if key in ("?", "h", "help"):
@@ -183,6 +198,7 @@ class TerminalLabeler:
                     if undone.id in summary.answered:
                         summary.answered.remove(undone.id)
                     self.console.print(f"[cyan]undone: query {undone.id} will be asked again[/]")
+                    self.store.release(query.id, self.holder)
                     ask_first = undone.id
                     break
                 label = self._parse(query, key, swapped)
@@ -201,7 +217,10 @@ class TerminalLabeler:
                 summary.answered.append(query.id)
                 break
         if summary.stopped_by == "done":
-            self.console.print(f"[green]nothing left to label[/] ({len(summary.answered)} answered this session)")
+            others = (f"; {len(summary.held_by_others)} more are being answered in other sessions"
+                      if summary.held_by_others else "")
+            self.console.print(f"[green]nothing left to label[/] ({len(summary.answered)} answered this "
+                               f"session{others})")
         return summary
 
     # -- drawing -------------------------------------------------------------------------------------------------

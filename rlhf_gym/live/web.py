@@ -8,7 +8,8 @@ endpoint and posts each answer back; the store commits it before the reply is se
 Endpoints (all need ``?token=…`` or the ``X-Label-Token`` header):
 
 * ``GET /``: the page; ``GET /static/label.js``: its script,
-* ``GET /api/next``: the next pending query (sides shuffled) and the progress counts,
+* ``GET /api/next``: the next pending query (sides shuffled), leased to this page so another labelling session is
+  not shown it, and the progress counts (``elsewhere``: queries other sessions are being shown),
 * ``POST /api/answer``: ``{"query_id", "answer": "a"|"b"|"tie"|"skip"|rating, "swapped", "elapsed_s"}``,
 * ``POST /api/undo``: take back this annotator's last answer.
 """
@@ -54,6 +55,8 @@ def create_app(store: PreferenceBackend, *, token: str, annotator: str, kind: st
         raise ValueError("the labelling page needs a non-empty access token")
     app = Flask("rlhf_gym.live.web", static_folder=str(STATIC_DIR), template_folder=str(STATIC_DIR))
     rng = random.Random(seed)
+    # The page leases each query it shows to its annotator: other labellers of the store are not shown it.
+    holder = annotator
 
     @app.before_request
     def _check_token() -> None:
@@ -64,7 +67,8 @@ def create_app(store: PreferenceBackend, *, token: str, annotator: str, kind: st
     def progress() -> dict[str, Any]:
         stats = store.stats()
         mine = stats["annotators"].get(annotator, 0)
-        return {"answered": stats["answered"], "pending": stats["pending"], "mine": mine}
+        return {"answered": stats["answered"], "pending": stats["pending"], "mine": mine,
+                "elsewhere": sum(1 for h in store.leased().values() if h != holder)}
 
     def query_json(query: Query) -> dict[str, Any]:
         out: dict[str, Any] = {"id": query.id, "kind": query.kind, "prompt": query.prompt, "scale": query.scale}
@@ -83,8 +87,8 @@ def create_app(store: PreferenceBackend, *, token: str, annotator: str, kind: st
 
     @app.get("/api/next")
     def next_query() -> Any:
-        queue = store.pending(limit=1, kind=kind)
-        return jsonify(query=query_json(queue[0]) if queue else None, progress=progress())
+        query = store.claim(holder, kind=kind)
+        return jsonify(query=query_json(query) if query is not None else None, progress=progress())
 
     @app.post("/api/answer")
     def post_answer() -> Any:

@@ -20,7 +20,9 @@ async function api(path, body) {
 }
 
 function showProgress(p) {
-  if (p) $("#progress").textContent = `${p.mine} answered by you · ${p.answered} in all · ${p.pending} pending`;
+  if (!p) return;
+  const elsewhere = p.elsewhere ? ` (${p.elsewhere} being answered elsewhere)` : "";
+  $("#progress").textContent = `${p.mine} answered by you · ${p.answered} in all · ${p.pending} pending${elsewhere}`;
 }
 
 function render(query) {
