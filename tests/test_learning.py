@@ -43,7 +43,7 @@ def train(kit, name, updates, **config):
 
 PPO = {"num_prompts": 16, "learning_rate": 1e-4, "beta": 0.05}
 RLOO = {"num_prompts": 16, "group_size": 4, "learning_rate": 2e-4, "beta": 0.05}
-DPO = {"num_prompts": 16, "group_size": 2, "learning_rate": 1e-4, "beta": 0.1}
+DPO = {"num_prompts": 16, "group_size": 2, "learning_rate": 1.5e-4, "beta": 0.1}
 GRPO = {"num_prompts": 8, "group_size": 4, "learning_rate": 2e-4, "beta": 0.05}
 
 
