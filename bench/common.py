@@ -26,7 +26,7 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 
-# -- the fixed setup (issue 8) ---------------------------------------------------------------------------------
+# -- the fixed setup -------------------------------------------------------------------------------------------
 N_LAYER = 4
 N_EMBD = 256
 N_HEAD = 4

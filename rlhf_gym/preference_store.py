@@ -13,7 +13,7 @@ Two kinds of query are kept:
 The same query is never asked twice: a unique key on a hash of (kind, prompt, the completions — for pairs, in
 sorted order) makes :meth:`PreferenceBackend.add_query` return ``None`` for a pair already asked in either order.
 Nor is one query shown to two labellers at once: front-ends take the next query with :meth:`PreferenceBackend.claim`,
-which leases it to their session until it is answered, released, or the lease (10 minutes by default) runs out.
+which leases it to their labeller until it is answered, released, or the lease (10 minutes by default) runs out.
 
 Preference pairs export to, and import from, TRL's column format (``prompt``, ``chosen``, ``rejected``, plus
 ``margin``, ``label``, ``annotator``, ``source``, ``created_at``, ``answered_at``) as JSONL, Parquet or a
@@ -266,7 +266,7 @@ class PreferenceBackend(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> dict[str, Any]:
         """Counts: ``queries``, ``answered``, ``pending``, per choice, ``annotators`` and ``leased`` (pending
-        queries another session is being shown)."""
+        queries another labeller is being shown)."""
 
     @abc.abstractmethod
     def _insert_answered(self, rows: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> ImportResult:
@@ -730,7 +730,7 @@ class PreferenceStore(PreferenceBackend):
               exclude: Iterable[int] = (), prefer: int | None = None,
               lease_s: float = DEFAULT_LEASE_S) -> Query | None:
         if not holder:
-            raise ValueError("claim() needs a holder id (the labelling session asking)")
+            raise ValueError("claim() needs a holder id (the labeller asking, e.g. the annotator id)")
         if lease_s <= 0:
             raise ValueError(f"lease_s must be a positive number of seconds, got {lease_s}")
         sql = (f"SELECT {_QUERY_COLUMNS} FROM queries q LEFT JOIN answers a ON a.query_id = q.id "
