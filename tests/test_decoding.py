@@ -63,6 +63,15 @@ def test_sample_tokens_with_one_allowed_token_always_draws_it() -> None:
     assert torch.equal(sample_tokens(logits, torch.Generator().manual_seed(0)), torch.full((32,), 17))
 
 
+def test_sample_tokens_refuses_nan_logits_with_advice() -> None:
+    logits = torch.randn(4, 10)
+    logits[2, 3] = float("nan")
+    with pytest.raises(FloatingPointError, match="diverged.*learning rate"):
+        sample_tokens(logits)
+    with pytest.raises(FloatingPointError, match="filtered out"):
+        sample_tokens(torch.full((2, 5), float("-inf")))
+
+
 # ---------------------------------------------------------------------- fused activations
 
 
