@@ -1,11 +1,11 @@
-"""Fast incremental decoding for the sampler: a static KV cache for GPT-2-architecture trunks, and token draws.
+"""Fast incremental decoding for the sampler: static KV caches for common decoder trunks, and token draws.
 
-:meth:`rlhf_gym.Policy.generate` samples token by token. For GPT-2-style trunks (GPT-2, DistilGPT2, the tiny kit's
-model, anything with ``wte``/``wpe``/``h[i].attn.c_attn``/``ln_f``) it runs the blocks itself over a key/value
-buffer allocated once per call, so a step costs the block maths and nothing else: no growing ``torch.cat`` per
-layer, no per-step mask construction, no output dataclasses. The block's own submodules are called (layer norms,
-``c_attn``, ``c_proj``, the MLP), so LoRA adapters on them keep working. Other architectures use the model's own
-forward with its KV cache; both paths give the same tokens from the same generator.
+:meth:`rlhf_gym.Policy.generate` samples token by token. For GPT-2 (GPT-2, DistilGPT2, the tiny kit's model) and
+Llama-style trunks (Llama, Mistral, Qwen2, Qwen3) it runs the layers itself over key/value buffers allocated once
+per call, so a step costs the layer maths and nothing else: no growing ``torch.cat`` per layer, no per-step mask
+construction, no output dataclasses. The layers' own submodules are called (norms, projections, the MLP, the
+rotary module), so LoRA adapters on them keep working. Other architectures use the model's own forward with its KV
+cache; both paths give the same tokens from the same generator.
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["StaticGPT2Decoder", "TanhGELU", "fuse_activations", "sample_tokens"]
+__all__ = [
+    "StaticDecoder",
+    "StaticGPT2Decoder",
+    "StaticLlamaDecoder",
+    "TanhGELU",
+    "fuse_activations",
+    "sample_tokens",
+    "static_decoder_for",
+]
 
 
 def sample_tokens(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -62,28 +70,97 @@ def fuse_activations(model: nn.Module) -> int:
     return swapped
 
 
-class StaticGPT2Decoder:
-    """Prefill and one-token steps of a GPT-2-architecture trunk over a pre-allocated key/value buffer.
+class StaticDecoder:
+    """Prefill and one-token steps of a decoder-only trunk over key/value buffers allocated once per call.
+
+    Subclasses say how to embed tokens and run one layer; this class keeps the buffers and the masks. Every row's
+    keys live at fixed buffer positions (the left-padded prompt, then one column per new token), and each step
+    attends over the whole contiguous buffer with padding and later positions masked out, which is faster than
+    attending over a growing strided slice.
 
     Args:
-        trunk: the ``GPT2Model`` (possibly inside a PEFT wrapper).
+        trunk: the model's trunk (possibly inside a PEFT wrapper).
         batch: rows decoded together.
         max_len: prompt length + the most new tokens.
         attention_mask: ``(batch, max_len)`` mask over every position the call will fill (1 = attend).
     """
 
     def __init__(self, trunk: Any, batch: int, max_len: int, attention_mask: Tensor) -> None:
-        config = trunk.config
         self.trunk = trunk
+        self.batch = batch
+        self.max_len = max_len
+        self.key_mask = attention_mask.to(torch.bool)
+        self.positions = torch.arange(max_len, device=attention_mask.device)
+        self.keys: list[Tensor] = []  # allocated on the prefill, in the dtype the layers compute in
+        self.values: list[Tensor] = []
+
+    @classmethod
+    def supports(cls, trunk: Any, max_len: int) -> bool:
+        """Whether this class reproduces ``trunk`` exactly for sequences of up to ``max_len`` positions."""
+        raise NotImplementedError
+
+    # -- what a subclass provides ------------------------------------------------------------------------------
+    def _kv_shape(self) -> tuple[int, int]:
+        """(key/value heads, head dim)."""
+        raise NotImplementedError
+
+    def _embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _layers(self, hidden: Tensor, position_ids: Tensor, start: int, attn_mask: Tensor) -> Tensor:
+        """All layers over ``hidden`` (positions ``start ..``), writing keys/values with :meth:`_store`."""
+        raise NotImplementedError
+
+    def _final(self, hidden: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # -- shared -----------------------------------------------------------------------------------------------
+    def _store(self, layer: int, start: int, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Write ``(B, H_kv, S, D)`` keys/values at ``start``; returns that layer's whole buffers."""
+        length = key.shape[2]
+        self.keys[layer][:, :, start : start + length].copy_(key)
+        self.values[layer][:, :, start : start + length].copy_(value)
+        return self.keys[layer], self.values[layer]
+
+    def _allocate(self, hidden: Tensor, layers: int) -> None:
+        if not self.keys:
+            heads, dim = self._kv_shape()
+            shape = (self.batch, heads, self.max_len, dim)
+            self.keys = [hidden.new_zeros(shape) for _ in range(layers)]
+            self.values = [hidden.new_zeros(shape) for _ in range(layers)]
+
+    def prefill(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        """Run the prompt (left-padded, ``(B, P)``); returns the final hidden state at its last position."""
+        length, total = input_ids.shape[1], self.max_len
+        causal = torch.ones(length, total, dtype=torch.bool, device=input_ids.device).tril_()
+        # A padding query attends to itself too, so its (unused) row stays finite and no NaN reaches the buffer.
+        eye = torch.eye(length, total, dtype=torch.bool, device=causal.device)
+        mask = ((causal & self.key_mask[:, None, :]) | eye).unsqueeze(1)
+        hidden = self._layers(self._embed(input_ids, position_ids), position_ids, 0, mask)
+        return self._final(hidden[:, -1])
+
+    def step(self, tokens: Tensor, position_ids: Tensor, index: int) -> Tensor:
+        """Feed one token per row at buffer position ``index``; returns the new final hidden states ``(B, E)``."""
+        positions = position_ids.view(-1, 1)
+        mask = (self.key_mask & self.positions.le(index))[:, None, None, :]
+        hidden = self._layers(self._embed(tokens.unsqueeze(1), positions), positions, index, mask)
+        return self._final(hidden[:, -1])
+
+
+def _has(obj: Any, *names: str) -> bool:
+    return all(hasattr(obj, name) for name in names)
+
+
+class StaticGPT2Decoder(StaticDecoder):
+    """GPT-2 architecture (``model_type == "gpt2"``): learned positions, fused ``c_attn``, LayerNorm blocks."""
+
+    def __init__(self, trunk: Any, batch: int, max_len: int, attention_mask: Tensor) -> None:
+        super().__init__(trunk, batch, max_len, attention_mask)
+        config = trunk.config
         self.blocks = list(trunk.h)
         self.heads = int(config.n_head)
         self.embed = int(config.n_embd)
         self.head_dim = self.embed // self.heads
-        self.shape = (batch, self.heads, max_len, self.head_dim)
-        self.keys: list[Tensor] = []  # allocated on the prefill, in the dtype the blocks compute in
-        self.values: list[Tensor] = []
-        self.key_mask = attention_mask.to(torch.bool)
-        self.positions = torch.arange(max_len, device=attention_mask.device)
         self.scales = []
         for index in range(len(self.blocks)):
             scale = self.head_dim**-0.5 if getattr(config, "scale_attn_weights", True) else 1.0
@@ -91,57 +168,130 @@ class StaticGPT2Decoder:
                 scale /= float(index + 1)
             self.scales.append(scale)
 
-    @staticmethod
-    def supports(trunk: Any) -> bool:
-        """Whether ``trunk`` is a GPT-2-architecture decoder this class reproduces exactly."""
+    @classmethod
+    def supports(cls, trunk: Any, max_len: int) -> bool:
         config = getattr(trunk, "config", None)
         if config is None or getattr(config, "model_type", None) != "gpt2":
             return False
         if getattr(config, "add_cross_attention", False) or getattr(config, "reorder_and_upcast_attn", False):
             return False
-        if not all(hasattr(trunk, name) for name in ("wte", "wpe", "h", "ln_f")):
-            return False
-        return all(
-            hasattr(block, "ln_1") and hasattr(block, "ln_2") and hasattr(block, "mlp")
-            and hasattr(block.attn, "c_attn") and hasattr(block.attn, "c_proj")
-            for block in trunk.h
+        return _has(trunk, "wte", "wpe", "h", "ln_f") and all(
+            _has(block, "ln_1", "ln_2", "mlp") and _has(block.attn, "c_attn", "c_proj") for block in trunk.h
         )
 
-    def _run(self, hidden: Tensor, start: int, attn_mask: Tensor) -> Tensor:
-        """Blocks over ``hidden`` = positions ``start .. start+S-1``; writes their keys/values into the buffer."""
+    def _kv_shape(self) -> tuple[int, int]:
+        return self.heads, self.head_dim
+
+    def _embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        return self.trunk.wte(input_ids) + self.trunk.wpe(position_ids)
+
+    def _final(self, hidden: Tensor) -> Tensor:
+        return self.trunk.ln_f(hidden)
+
+    def _layers(self, hidden: Tensor, position_ids: Tensor, start: int, attn_mask: Tensor) -> Tensor:
         batch, length, _ = hidden.shape
-        if not self.keys:
-            self.keys = [hidden.new_zeros(self.shape) for _ in self.blocks]
-            self.values = [hidden.new_zeros(self.shape) for _ in self.blocks]
-        for block, keys, values, scale in zip(self.blocks, self.keys, self.values, self.scales, strict=True):
+        self._allocate(hidden, len(self.blocks))
+        for index, (block, scale) in enumerate(zip(self.blocks, self.scales, strict=True)):
             attn = block.attn
             qkv = attn.c_attn(block.ln_1(hidden))
             q, k, v = (
                 part.view(batch, length, self.heads, self.head_dim).transpose(1, 2)
                 for part in qkv.split(self.embed, dim=-1)
             )
-            keys[:, :, start : start + length].copy_(k)
-            values[:, :, start : start + length].copy_(v)
-            # Attending over the whole (contiguous) buffer with the later positions masked out is faster than
-            # over a strided slice of it.
+            keys, values = self._store(index, start, k, v)
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, scale=scale)
             hidden = hidden + attn.c_proj(out.transpose(1, 2).reshape(batch, length, self.embed))
             hidden = hidden + block.mlp(block.ln_2(hidden))
         return hidden
 
-    def prefill(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
-        """Run the prompt (left-padded, ``(B, P)``); returns the final hidden state at its last position."""
-        length, total = input_ids.shape[1], self.key_mask.shape[1]
-        causal = torch.ones(length, total, dtype=torch.bool, device=input_ids.device).tril_()
-        # A padding query attends to itself too, so its (unused) row stays finite and no NaN reaches the buffer.
-        eye = torch.eye(length, total, dtype=torch.bool, device=causal.device)
-        mask = (causal & self.key_mask[:, None, :]) | eye
-        hidden = self.trunk.wte(input_ids) + self.trunk.wpe(position_ids)
-        hidden = self._run(hidden, 0, mask.unsqueeze(1))
-        return self.trunk.ln_f(hidden[:, -1])
 
-    def step(self, tokens: Tensor, position_ids: Tensor, index: int) -> Tensor:
-        """Feed one token per row at buffer position ``index``; returns the new final hidden states ``(B, E)``."""
-        hidden = self.trunk.wte(tokens.unsqueeze(1)) + self.trunk.wpe(position_ids.view(-1, 1))
-        mask = (self.key_mask & self.positions.le(index))[:, None, None, :]
-        return self.trunk.ln_f(self._run(hidden, index, mask)[:, -1])
+class StaticLlamaDecoder(StaticDecoder):
+    """Llama-style trunks (Llama, Mistral, Qwen2, Qwen3): rotary positions from the model's own ``rotary_emb``,
+    grouped-query attention, pre-norm layers, optional q/k norms (Qwen3). Sliding-window attention is reproduced
+    only when the window covers the whole call (otherwise the model's own forward is used)."""
+
+    MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+    def __init__(self, trunk: Any, batch: int, max_len: int, attention_mask: Tensor) -> None:
+        super().__init__(trunk, batch, max_len, attention_mask)
+        config = trunk.config
+        self.layers = list(trunk.layers)[: int(config.num_hidden_layers)]
+        self.heads = int(config.num_attention_heads)
+        self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
+        self.scale = self.head_dim**-0.5
+        self.groups = self.heads // self.kv_heads
+        self._cos_sin: tuple[Tensor, Tensor] | None = None
+
+    @classmethod
+    def supports(cls, trunk: Any, max_len: int) -> bool:
+        config = getattr(trunk, "config", None)
+        if config is None or getattr(config, "model_type", None) not in cls.MODEL_TYPES:
+            return False
+        window = getattr(config, "sliding_window", None)
+        if getattr(config, "use_sliding_window", True) and window is not None and int(window) < max_len:
+            return False
+        if getattr(config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
+            return False
+        if not _has(trunk, "embed_tokens", "layers", "norm", "rotary_emb"):
+            return False
+        return all(
+            _has(layer, "input_layernorm", "post_attention_layernorm", "mlp", "self_attn")
+            and _has(layer.self_attn, "q_proj", "k_proj", "v_proj", "o_proj")
+            for layer in trunk.layers
+        )
+
+    def _kv_shape(self) -> tuple[int, int]:
+        return self.kv_heads, self.head_dim
+
+    def _embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        hidden = self.trunk.embed_tokens(input_ids)
+        # One (cos, sin) per call of the layers, from the model's own rotary module (every RoPE variant it has).
+        self._cos_sin = self.trunk.rotary_emb(hidden, position_ids)
+        return hidden
+
+    def _final(self, hidden: Tensor) -> Tensor:
+        return self.trunk.norm(hidden)
+
+    def _layers(self, hidden: Tensor, position_ids: Tensor, start: int, attn_mask: Tensor) -> Tensor:
+        assert self._cos_sin is not None
+        cos, sin = (t.unsqueeze(1) for t in self._cos_sin)  # (B, 1, S, D): broadcast over heads
+        batch, length, _ = hidden.shape
+        self._allocate(hidden, len(self.layers))
+        for index, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            q = attn.q_proj(x).view(batch, length, -1, self.head_dim)
+            k = attn.k_proj(x).view(batch, length, -1, self.head_dim)
+            if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head's vector
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q = _rotate(q.transpose(1, 2), cos, sin)
+            k = _rotate(k.transpose(1, 2), cos, sin)
+            v = attn.v_proj(x).view(batch, length, -1, self.head_dim).transpose(1, 2)
+            keys, values = self._store(index, start, k, v)
+            if self.groups > 1:
+                keys = keys.repeat_interleave(self.groups, dim=1)
+                values = values.repeat_interleave(self.groups, dim=1)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, scale=self.scale)
+            hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch, length, self.heads * self.head_dim))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return hidden
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary position embedding: ``x·cos + rotate_half(x)·sin`` with the half-split convention."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+#: the static-cache decoders, tried in order
+DECODERS: tuple[type[StaticDecoder], ...] = (StaticGPT2Decoder, StaticLlamaDecoder)
+
+
+def static_decoder_for(trunk: Any, batch: int, max_len: int, attention_mask: Tensor) -> StaticDecoder | None:
+    """A static-cache decoder reproducing ``trunk`` for this call, or ``None`` (use the model's own forward)."""
+    for cls in DECODERS:
+        if cls.supports(trunk, max_len):
+            return cls(trunk, batch, max_len, attention_mask)
+    return None

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rlhf_gym.decoding import StaticGPT2Decoder, TanhGELU, fuse_activations, sample_tokens
+from rlhf_gym.decoding import TanhGELU, fuse_activations, sample_tokens, static_decoder_for
 from rlhf_gym.errors import ConfigError, RLHFGymError
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -310,8 +310,8 @@ class Policy(nn.Module):
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_token_id: int = int(pad if pad is not None else (self.eos_token_id or 0))
         self._reference: ReferenceModel | None = None
-        #: sample GPT-2-architecture models through :class:`rlhf_gym.decoding.StaticGPT2Decoder` (same tokens,
-        #: less overhead); False: always the model's own forward.
+        #: sample GPT-2 and Llama-style models through :mod:`rlhf_gym.decoding`'s static-cache decoders (same
+        #: tokens, less overhead); False: always the model's own forward.
         self.fast_decoding = True
 
     # ------------------------------------------------------------------ loading and saving
@@ -631,10 +631,15 @@ class Policy(nn.Module):
         """A step function ``(tokens, positions, index) -> final hidden states (B, E)``; its first call (``None``
         tokens) runs the prompt. The static-cache GPT-2 decoder when the trunk allows it, else the model's own
         forward with its KV cache."""
-        if self.fast_decoding and StaticGPT2Decoder.supports(self._trunk):
-            decoder = StaticGPT2Decoder(self._trunk, input_ids.shape[0], full_mask.shape[1], full_mask)
+        decoder = (
+            static_decoder_for(self._trunk, input_ids.shape[0], full_mask.shape[1], full_mask)
+            if self.fast_decoding
+            else None
+        )
+        if decoder is not None:
 
             def fast(tokens: Tensor | None, positions: Tensor | None, index: int) -> Tensor:
+                assert decoder is not None
                 if tokens is None or positions is None:
                     return decoder.prefill(input_ids, position_ids)
                 return decoder.step(tokens, positions, index)

@@ -10,9 +10,28 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
-from rlhf_gym.decoding import StaticGPT2Decoder, TanhGELU, fuse_activations, sample_tokens
+from rlhf_gym.decoding import (
+    StaticGPT2Decoder,
+    StaticLlamaDecoder,
+    TanhGELU,
+    fuse_activations,
+    sample_tokens,
+    static_decoder_for,
+)
 from rlhf_gym.policy import Policy
 
 PROMPTS = ["the movie", "the food was great and the service", "bad", "a long and slow film about the"]
@@ -98,11 +117,64 @@ def test_policy_fuses_unless_asked_not_to(model_dir: Path) -> None:
 # ---------------------------------------------------------------------- static-cache decoder
 
 
-def test_decoder_supports_gpt2_and_refuses_other_architectures(model_dir: Path) -> None:
-    assert StaticGPT2Decoder.supports(Policy.from_pretrained(model_dir)._trunk)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2))
-    assert not StaticGPT2Decoder.supports(llama.model)
+SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+#: Llama-style models the static decoder reproduces: grouped-query attention, biases (Qwen2), q/k norms (Qwen3)
+LLAMA_STYLE = {
+    "llama": (LlamaConfig, LlamaForCausalLM, {"num_key_value_heads": 2}),
+    "mistral": (MistralConfig, MistralForCausalLM, {"num_key_value_heads": 2, "sliding_window": None}),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {"num_key_value_heads": 2}),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"num_key_value_heads": 1, "head_dim": 16}),
+}
+
+
+def _saved(tmp_path: Path, model_dir: Path, config_cls: type, model_cls: type, extra: dict) -> Path:
+    """A random-init model of ``model_cls`` with the test tokenizer, saved for ``Policy.from_pretrained``."""
+    tokenizer = Policy.from_pretrained(model_dir).tokenizer
+    torch.manual_seed(0)
+    config = config_cls(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, **{**SMALL, **extra})
+    model_cls(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_each_decoder_takes_only_the_architectures_it_reproduces(model_dir: Path) -> None:
+    gpt2 = Policy.from_pretrained(model_dir)._trunk
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, **SMALL)).model
+    assert StaticGPT2Decoder.supports(gpt2, 64) and not StaticGPT2Decoder.supports(llama, 64)
+    assert StaticLlamaDecoder.supports(llama, 64) and not StaticLlamaDecoder.supports(gpt2, 64)
+    # a sliding window shorter than the call changes the attention: the model's own forward must run it
+    windowed = MistralForCausalLM(MistralConfig(vocab_size=64, sliding_window=16, **SMALL)).model
+    assert StaticLlamaDecoder.supports(windowed, 16) and not StaticLlamaDecoder.supports(windowed, 17)
+    neox = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=64, **SMALL)).gpt_neox
+    assert static_decoder_for(neox, 2, 8, torch.ones(2, 8)) is None
+
+
+@pytest.mark.parametrize("arch", sorted(LLAMA_STYLE))
+def test_llama_style_fast_path_matches_the_model_forward(arch: str, model_dir: Path, tmp_path: Path) -> None:
+    config_cls, model_cls, extra = LLAMA_STYLE[arch]
+    policy = Policy.from_pretrained(_saved(tmp_path, model_dir, config_cls, model_cls, extra))
+    assert static_decoder_for(policy._trunk, 4, 32, torch.ones(4, 32)) is not None
+    fast, generic = _both_paths(policy, seed=5, max_new_tokens=16, return_logprobs=True)
+    assert torch.equal(fast.completion_ids, generic.completion_ids)  # type: ignore[attr-defined]
+    assert torch.allclose(fast.logprobs, generic.logprobs, atol=1e-5)  # type: ignore[attr-defined]
+    ids, mask = policy.tokenize_prompts(PROMPTS, max_prompt_tokens=12)
+    with torch.no_grad():
+        scored = policy(ids, mask, fast.completion_ids, fast.completion_mask).logprobs  # type: ignore[attr-defined]
+    assert torch.allclose(fast.logprobs, scored, atol=1e-4)  # type: ignore[attr-defined]
+
+
+def test_llama_fast_path_applies_lora(model_dir: Path, tmp_path: Path) -> None:
+    config_cls, model_cls, extra = LLAMA_STYLE["llama"]
+    path = _saved(tmp_path, model_dir, config_cls, model_cls, extra)
+    policy = Policy.from_pretrained(path, lora={"r": 4, "lora_alpha": 8, "init_lora_weights": False,
+                                                "target_modules": ["q_proj", "k_proj", "v_proj"]})
+    fast, generic = _both_paths(policy, max_new_tokens=10, do_sample=False, return_logprobs=True)
+    assert torch.equal(fast.completion_ids, generic.completion_ids)  # type: ignore[attr-defined]
+    assert torch.allclose(fast.logprobs, generic.logprobs, atol=1e-5)  # type: ignore[attr-defined]
+    ids, mask = policy.tokenize_prompts(PROMPTS, max_prompt_tokens=12)
+    with policy.model.disable_adapter():
+        base = policy.generate(ids, mask, 10, do_sample=False, return_logprobs=True)
+    assert not torch.allclose(base.logprobs, fast.logprobs, atol=1e-3)  # type: ignore[attr-defined]
 
 
 def test_fast_and_generic_paths_sample_the_same_tokens(model_dir: Path) -> None:
@@ -137,7 +209,7 @@ def test_fast_path_logprobs_match_one_full_forward_and_stay_finite(model_dir: Pa
 
 def test_fast_path_with_lora_matches_the_generic_path(model_dir: Path) -> None:
     policy = Policy.from_pretrained(model_dir, lora={"r": 4, "lora_alpha": 8, "init_lora_weights": False})
-    assert StaticGPT2Decoder.supports(policy._trunk)
+    assert StaticGPT2Decoder.supports(policy._trunk, 64)
     fast, generic = _both_paths(policy, max_new_tokens=12, do_sample=False, return_logprobs=True)
     assert torch.equal(fast.completion_ids, generic.completion_ids)  # type: ignore[attr-defined]
     assert torch.allclose(fast.logprobs, generic.logprobs, atol=1e-5)  # type: ignore[attr-defined]
@@ -149,12 +221,7 @@ def test_fast_path_with_lora_matches_the_generic_path(model_dir: Path) -> None:
 
 
 def test_other_architectures_sample_through_their_own_forward(tmp_path: Path, model_dir: Path) -> None:
-    tokenizer = Policy.from_pretrained(model_dir).tokenizer
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, eos_token_id=tokenizer.eos_token_id)
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    policy = Policy.from_pretrained(tmp_path)
+    policy = Policy.from_pretrained(_saved(tmp_path, model_dir, GPTNeoXConfig, GPTNeoXForCausalLM, {}))
     ids, mask = policy.tokenize_prompts(PROMPTS, max_prompt_tokens=12)
     gen = policy.generate(ids, mask, 10, do_sample=False, return_logprobs=True)
     with torch.no_grad():
