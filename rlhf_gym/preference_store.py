@@ -619,14 +619,22 @@ class PreferenceStore(PreferenceBackend):
     def _initialise(self, conn: sqlite3.Connection, timeout: float) -> None:
         """Check the file is a store this rlhf_gym can open, switch it to WAL and migrate it to the current schema."""
         conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        # Version and tables are read in one transaction (one snapshot): another process creating the store at the
+        # same moment must not be seen half-way (its tables without its version).
+        conn.execute("BEGIN")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = [r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
         if version > SCHEMA_VERSION:
             raise PreferenceStoreError(
                 f"preference store {self.location!r} has schema version {version}, newer than this rlhf_gym "
                 f"knows (version {SCHEMA_VERSION}); upgrade rlhf_gym (pip install -U rlhf_gym) to open it")
         if version == 0:
-            tables = [r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
             if tables:
                 raise PreferenceStoreError(
                     f"{self.location!r} is a SQLite database but not a preference store (it has the tables "

@@ -216,6 +216,36 @@ def test_sigkill_mid_collection_loses_no_committed_answer(tmp_path: Path) -> Non
         assert len(store.pending()) == 400 - len(stored)
 
 
+_OPENER = textwrap.dedent("""
+    import os, sys, time
+    from rlhf_gym.preference_store import PreferenceStore
+    folder, go_file = sys.argv[1], sys.argv[2]
+    print("ready", flush=True)
+    while not os.path.exists(go_file):
+        time.sleep(0.001)
+    for i in range(60):
+        try:
+            PreferenceStore(os.path.join(folder, f"store{i}.db")).close()
+        except Exception as exc:
+            print(f"store{i}: {exc}", flush=True)
+""")
+
+
+def test_processes_creating_the_same_new_stores_at_once_all_open_them(tmp_path: Path) -> None:
+    # Each new store is created by whichever process gets there first while the others are opening it; none may
+    # see it half-made (its tables but not yet its schema version) and refuse it as "not a preference store".
+    procs = [subprocess.Popen([sys.executable, "-c", _OPENER, str(tmp_path), str(tmp_path / "go")],
+                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+    (tmp_path / "go").touch()
+    errors = [line for p in procs for line in p.communicate(timeout=120)[0].splitlines()]
+    assert errors == [] and all(p.returncode == 0 for p in procs)
+    for i in range(60):
+        with PreferenceStore(tmp_path / f"store{i}.db") as store:
+            assert store.schema_version == SCHEMA_VERSION
+
+
 def test_two_processes_answering_the_same_queue_lose_nothing(tmp_path: Path) -> None:
     path = tmp_path / "prefs.db"
     with PreferenceStore(path) as store:
