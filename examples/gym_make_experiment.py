@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of everything")
     args = parser.parse_args()
     quick = args.quick or os.environ.get("RLHF_GYM_QUICK") == "1"
-    updates, samples, episodes = (20, 64, 3) if quick else (60, 256, 16)
+    updates, samples, episodes = (20, 128, 3) if quick else (60, 256, 16)
 
     kit = build_tiny_kit(progress=not quick)
     prompts = review_prompts()

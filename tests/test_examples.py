@@ -41,8 +41,9 @@ def built_kit(tiny_kit):
 @pytest.mark.slow
 def test_gym_make_experiment_trained_policy_beats_random_and_pretrained() -> None:
     summary, out = run_example("gym_make_experiment.py")
-    assert summary["trained"] > summary["pretrained"] > summary["random"]
-    # RLOO moved the mean sentiment by several standard errors, not by noise
+    # The pre-trained policy writes mixed reviews, so its mean sentiment sits near random tokens' (about 0.1-0.2
+    # each): only the RL-trained policy is expected to beat both, by several standard errors, not by noise.
+    assert summary["trained"] > max(summary["pretrained"], summary["random"])
     assert summary["trained"] - summary["pretrained"] > 3 * summary["pretrained_stderr"]
     assert summary["updates"] > 0 and summary["kl"] > 0
     assert -1.0 <= summary["textgen_random"] <= 1.0 and -1.0 <= summary["textgen_trained"] <= 1.0
