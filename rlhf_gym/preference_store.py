@@ -558,6 +558,23 @@ _QUERY_COLUMNS = "q.id, q.kind, q.prompt, q.completion_a, q.completion_b, q.scal
 _ANSWER_COLUMNS = "a.id, a.query_id, a.choice, a.label, a.annotator, a.source, a.answered_at, a.meta"
 
 
+def _queue_filters(kind: str | None, query_ids: Iterable[int] | None) -> tuple[str, list[Any]] | None:
+    """SQL conditions (and their parameters) restricting a queue read to a kind and/or ids; ``None`` when the
+    ids given are none at all (nothing can match)."""
+    sql, params = "", []
+    if kind is not None:
+        if kind not in QUERY_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(QUERY_KINDS)}, got {kind!r}")
+        sql += " AND q.kind = ?"
+        params.append(kind)
+    if query_ids is not None:
+        ids = [int(i) for i in query_ids]
+        if not ids:
+            return None
+        sql += f" AND q.id IN ({_id_list(ids)})"
+    return sql, params
+
+
 def _query_from_row(row: Sequence[Any]) -> Query:
     return Query(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], json.loads(row[8] or "{}"))
 
@@ -634,11 +651,10 @@ class PreferenceStore(PreferenceBackend):
             raise PreferenceStoreError(
                 f"preference store {self.location!r} has schema version {version}, newer than this rlhf_gym "
                 f"knows (version {SCHEMA_VERSION}); upgrade rlhf_gym (pip install -U rlhf_gym) to open it")
-        if version == 0:
-            if tables:
-                raise PreferenceStoreError(
-                    f"{self.location!r} is a SQLite database but not a preference store (it has the tables "
-                    f"{', '.join(tables)}); give a new file name for the store")
+        if version == 0 and tables:
+            raise PreferenceStoreError(
+                f"{self.location!r} is a SQLite database but not a preference store (it has the tables "
+                f"{', '.join(tables)}); give a new file name for the store")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise PreferenceStoreError(
@@ -704,19 +720,12 @@ class PreferenceStore(PreferenceBackend):
 
     def pending(self, limit: int | None = None, *, kind: str | None = None,
                 query_ids: Iterable[int] | None = None) -> list[Query]:
+        filters = _queue_filters(kind, query_ids)
+        if filters is None:
+            return []
         sql = (f"SELECT {_QUERY_COLUMNS} FROM queries q LEFT JOIN answers a ON a.query_id = q.id "
-               "WHERE a.id IS NULL")
-        params: list[Any] = []
-        if kind is not None:
-            if kind not in QUERY_KINDS:
-                raise ValueError(f"kind must be one of {', '.join(QUERY_KINDS)}, got {kind!r}")
-            sql += " AND q.kind = ?"
-            params.append(kind)
-        if query_ids is not None:
-            ids = [int(i) for i in query_ids]
-            if not ids:
-                return []
-            sql += f" AND q.id IN ({_id_list(ids)})"
+               "WHERE a.id IS NULL" + filters[0])
+        params = filters[1]
         sql += " ORDER BY q.id"
         if limit is not None:
             sql += " LIMIT ?"
@@ -741,21 +750,14 @@ class PreferenceStore(PreferenceBackend):
             raise ValueError("claim() needs a holder id (the labeller asking, e.g. the annotator id)")
         if lease_s <= 0:
             raise ValueError(f"lease_s must be a positive number of seconds, got {lease_s}")
+        filters = _queue_filters(kind, query_ids)
+        if filters is None:
+            return None
         sql = (f"SELECT {_QUERY_COLUMNS} FROM queries q LEFT JOIN answers a ON a.query_id = q.id "
                "LEFT JOIN leases l ON l.query_id = q.id "
-               "WHERE a.id IS NULL AND (l.query_id IS NULL OR l.expires_at <= ? OR l.holder = ?)")
+               "WHERE a.id IS NULL AND (l.query_id IS NULL OR l.expires_at <= ? OR l.holder = ?)" + filters[0])
         now = time.time()
-        params: list[Any] = [now, holder]
-        if kind is not None:
-            if kind not in QUERY_KINDS:
-                raise ValueError(f"kind must be one of {', '.join(QUERY_KINDS)}, got {kind!r}")
-            sql += " AND q.kind = ?"
-            params.append(kind)
-        if query_ids is not None:
-            ids = [int(i) for i in query_ids]
-            if not ids:
-                return None
-            sql += f" AND q.id IN ({_id_list(ids)})"
+        params: list[Any] = [now, holder, *filters[1]]
         skip = [int(i) for i in exclude]
         if skip:
             sql += f" AND q.id NOT IN ({_id_list(skip)})"

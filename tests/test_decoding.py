@@ -163,20 +163,6 @@ def test_llama_style_fast_path_matches_the_model_forward(arch: str, model_dir: P
     assert torch.allclose(fast.logprobs, scored, atol=1e-4)  # type: ignore[attr-defined]
 
 
-def test_llama_fast_path_applies_lora(model_dir: Path, tmp_path: Path) -> None:
-    config_cls, model_cls, extra = LLAMA_STYLE["llama"]
-    path = _saved(tmp_path, model_dir, config_cls, model_cls, extra)
-    policy = Policy.from_pretrained(path, lora={"r": 4, "lora_alpha": 8, "init_lora_weights": False,
-                                                "target_modules": ["q_proj", "k_proj", "v_proj"]})
-    fast, generic = _both_paths(policy, max_new_tokens=10, do_sample=False, return_logprobs=True)
-    assert torch.equal(fast.completion_ids, generic.completion_ids)  # type: ignore[attr-defined]
-    assert torch.allclose(fast.logprobs, generic.logprobs, atol=1e-5)  # type: ignore[attr-defined]
-    ids, mask = policy.tokenize_prompts(PROMPTS, max_prompt_tokens=12)
-    with policy.model.disable_adapter():
-        base = policy.generate(ids, mask, 10, do_sample=False, return_logprobs=True)
-    assert not torch.allclose(base.logprobs, fast.logprobs, atol=1e-3)  # type: ignore[attr-defined]
-
-
 def test_fast_and_generic_paths_sample_the_same_tokens(model_dir: Path) -> None:
     policy = Policy.from_pretrained(model_dir)
     fast, generic = _both_paths(policy, seed=11, max_new_tokens=20,
@@ -207,9 +193,15 @@ def test_fast_path_logprobs_match_one_full_forward_and_stay_finite(model_dir: Pa
     assert torch.allclose(gen.logprobs, scored, atol=1e-4)
 
 
-def test_fast_path_with_lora_matches_the_generic_path(model_dir: Path) -> None:
-    policy = Policy.from_pretrained(model_dir, lora={"r": 4, "lora_alpha": 8, "init_lora_weights": False})
-    assert StaticGPT2Decoder.supports(policy._trunk, 64)
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_fast_path_with_lora_matches_the_generic_path(arch: str, model_dir: Path, tmp_path: Path) -> None:
+    if arch == "gpt2":
+        path, targets = model_dir, None  # peft's default for GPT-2: the fused c_attn
+    else:
+        path, targets = _saved(tmp_path, model_dir, *LLAMA_STYLE["llama"]), ["q_proj", "k_proj", "v_proj"]
+    lora = {"r": 4, "lora_alpha": 8, "init_lora_weights": False, "target_modules": targets}
+    policy = Policy.from_pretrained(path, lora=lora)
+    assert static_decoder_for(policy._trunk, 4, 64, torch.ones(4, 64)) is not None
     fast, generic = _both_paths(policy, max_new_tokens=12, do_sample=False, return_logprobs=True)
     assert torch.equal(fast.completion_ids, generic.completion_ids)  # type: ignore[attr-defined]
     assert torch.allclose(fast.logprobs, generic.logprobs, atol=1e-5)  # type: ignore[attr-defined]
