@@ -30,19 +30,20 @@ __all__ = [
 def sample_tokens(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Draw one token per row from ``softmax(logits)`` by inverting the CDF with one uniform per row.
 
-    Exact up to float64 rounding, and an order of magnitude cheaper than ``torch.multinomial`` on a large
+    Exact up to float64 rounding (float32 on Apple's MPS), and an order of magnitude cheaper than ``torch.multinomial`` on a large
     vocabulary (which draws an exponential variate per entry). ``-inf`` logits are never drawn; a row with no
     finite logit (a diverged model) raises :class:`FloatingPointError`.
     """
     probs = logits.softmax(-1)
-    cdf = probs.to(torch.float64).cumsum_(-1)
+    dtype = torch.float32 if probs.device.type == "mps" else torch.float64  # Apple's MPS has no float64
+    cdf = probs.to(dtype).cumsum_(-1)
     if not bool(torch.isfinite(cdf[:, -1]).all()):
         raise FloatingPointError(
             "the policy produced NaN/inf logits (or every token was filtered out), so there is nothing to sample "
             "from; training has likely diverged: lower the learning rate, keep max_grad_norm on, or resume from an "
             "earlier checkpoint"
         )
-    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64, device=probs.device)
+    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=dtype, device=probs.device)
     # side="right": the first index whose cumulative mass exceeds u; a zero-mass entry covers an empty interval.
     picked = torch.searchsorted(cdf, u.mul_(cdf[:, -1:]), right=True).squeeze_(-1)
     return picked.clamp_(max=probs.shape[-1] - 1)
