@@ -175,14 +175,11 @@ class SB3Algorithm(Algorithm):
 
     def save_files(self, path: Path) -> None:
         # The reference must stay the *initial* policy across resumes: keep its weights with the checkpoint.
-        if self.reference is not None and not self.reference.adapter_disabled:
-            self.reference.model.save_pretrained(path / "reference")
+        self.policy.save_reference(path / "reference")
 
     def load_files(self, path: Path) -> None:
-        if self.reference is None or self.reference.adapter_disabled or not (path / "reference").is_dir():
-            return
-        self.reference = self.policy.load_reference(path / "reference")
-        self.kl_callback.reference = self.reference
+        if self.reference is not None:
+            self.reference = self.kl_callback.reference = self.policy.load_reference(path / "reference")
 
 
 class SB3PPO(SB3Algorithm):

@@ -170,9 +170,8 @@ class OnlineAlgorithm(Algorithm):
 
     def save_files(self, path: Path) -> None:
         # The reference must stay the *initial* policy across resumes: keep its weights with the checkpoint.
-        if self.reference is not None and not self.reference.adapter_disabled:
-            self.reference.model.save_pretrained(path / "reference")
+        self.policy.save_reference(path / "reference")
 
     def load_files(self, path: Path) -> None:
-        if self.reference is not None and not self.reference.adapter_disabled and (path / "reference").is_dir():
+        if self.reference is not None:
             self.reference = self.policy.load_reference(path / "reference")

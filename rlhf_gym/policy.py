@@ -743,12 +743,23 @@ class Policy(nn.Module):
                 self._reference = ReferenceModel(frozen)
         return self._reference
 
-    def load_reference(self, path: str | os.PathLike[str]) -> ReferenceModel:
-        """Make the model saved at ``path`` (a checkpoint's ``reference/``) this policy's frozen reference.
+    def save_reference(self, path: str | os.PathLike[str]) -> None:
+        """Write a frozen-copy reference's weights to ``path`` (a checkpoint's ``reference/``), so a resumed run
+        still measures KL against the *initial* policy; :meth:`load_reference` reads them back. Nothing to write
+        without a reference, or with LoRA (the reference is the base model, saved with the policy anyway).
+        """
+        if self._reference is not None and not self._reference.adapter_disabled:
+            self._reference.model.save_pretrained(os.fspath(path))
+
+    def load_reference(self, path: str | os.PathLike[str]) -> ReferenceModel | None:
+        """Make the model :meth:`save_reference` wrote at ``path`` this policy's frozen reference, if the policy has
+        a frozen-copy reference and ``path`` holds one; returns the reference in use afterwards.
 
         It gets the same treatment as the policy's own copy (activations fused when the policy's are), so a resumed
         run computes exactly the KL the uninterrupted one did.
         """
+        if self._reference is None or self._reference.adapter_disabled or not Path(path).is_dir():
+            return self._reference
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(os.fspath(path)).to(self.device).eval()
