@@ -123,9 +123,6 @@ class TerminalLabeler:
         self.console = console or Console(highlight=False)
         self.rng = random.Random(seed)
         self.source = source
-        #: the name on the queries this labeller leases (other labellers are not shown them; a restarted session
-        #: of the same labeller gets its leased query back)
-        self.holder = annotator
 
     def run(self, query_ids: Iterable[int] | None = None, *, deadline: float | None = None,
             enough: Callable[[], bool] | None = None) -> SessionSummary:
@@ -145,12 +142,15 @@ class TerminalLabeler:
             if deadline is not None and time.monotonic() >= deadline:
                 summary.stopped_by = "deadline"
                 break
-            query = self.store.claim(self.holder, kind=self.kind, query_ids=ids, exclude=summary.timed_out,
+            # Leased in the annotator's name: other labellers are not shown it, and a restarted session of the same
+            # labeller gets it back.
+            query = self.store.claim(self.annotator, kind=self.kind, query_ids=ids, exclude=summary.timed_out,
                                      prefer=ask_first)
             ask_first = None
             queue = [q for q in self.store.pending(kind=self.kind, query_ids=ids) if q.id not in summary.timed_out]
             if query is None:
-                held = [q.id for q in queue if q.id in self.store.leased()]
+                leased = self.store.leased()
+                held = [q.id for q in queue if q.id in leased]
                 if held and enough is not None:  # a caller waits for these: another session is answering them
                     time.sleep(WAIT_FOR_OTHERS_S)
                     continue
@@ -173,17 +173,17 @@ class TerminalLabeler:
                     self.console.print()
                     self.console.print("[yellow]time's up — the question stays in the queue[/]")
                     summary.timed_out.append(query.id)
-                    self.store.release(query.id, self.holder)
+                    self.store.release(query.id, self.annotator)
                     break
                 if reader.eof and not line:
                     self.console.print()
                     summary.stopped_by = "eof"
-                    self.store.release(query.id, self.holder)
+                    self.store.release(query.id, self.annotator)
                     return summary
                 key = line.strip().lower()
                 if key in ("q", "quit"):
                     summary.stopped_by = "quit"
-                    self.store.release(query.id, self.holder)
+                    self.store.release(query.id, self.annotator)
                     self.console.print("stopped; every answer so far is saved.")
                     return summary
                 if key in ("?", "h", "help"):
@@ -198,7 +198,7 @@ class TerminalLabeler:
                     if undone.id in summary.answered:
                         summary.answered.remove(undone.id)
                     self.console.print(f"[cyan]undone: query {undone.id} will be asked again[/]")
-                    self.store.release(query.id, self.holder)
+                    self.store.release(query.id, self.annotator)
                     ask_first = undone.id
                     break
                 label = self._parse(query, key, swapped)

@@ -55,8 +55,6 @@ def create_app(store: PreferenceBackend, *, token: str, annotator: str, kind: st
         raise ValueError("the labelling page needs a non-empty access token")
     app = Flask("rlhf_gym.live.web", static_folder=str(STATIC_DIR), template_folder=str(STATIC_DIR))
     rng = random.Random(seed)
-    # The page leases each query it shows to its annotator: other labellers of the store are not shown it.
-    holder = annotator
 
     @app.before_request
     def _check_token() -> None:
@@ -68,7 +66,7 @@ def create_app(store: PreferenceBackend, *, token: str, annotator: str, kind: st
         stats = store.stats()
         mine = stats["annotators"].get(annotator, 0)
         return {"answered": stats["answered"], "pending": stats["pending"], "mine": mine,
-                "elsewhere": sum(1 for h in store.leased().values() if h != holder)}
+                "elsewhere": sum(1 for h in store.leased().values() if h != annotator)}
 
     def query_json(query: Query) -> dict[str, Any]:
         out: dict[str, Any] = {"id": query.id, "kind": query.kind, "prompt": query.prompt, "scale": query.scale}
@@ -87,7 +85,8 @@ def create_app(store: PreferenceBackend, *, token: str, annotator: str, kind: st
 
     @app.get("/api/next")
     def next_query() -> Any:
-        query = store.claim(holder, kind=kind)
+        # Leased to this annotator: other labellers of the store are not shown it.
+        query = store.claim(annotator, kind=kind)
         return jsonify(query=query_json(query) if query is not None else None, progress=progress())
 
     @app.post("/api/answer")
