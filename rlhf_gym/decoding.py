@@ -222,7 +222,6 @@ class StaticLlamaDecoder(StaticDecoder):
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
         self.scale = self.head_dim**-0.5
         self.groups = self.heads // self.kv_heads
-        self._cos_sin: tuple[Tensor, Tensor] | None = None
 
     @classmethod
     def supports(cls, trunk: Any, max_len: int) -> bool:
@@ -246,17 +245,14 @@ class StaticLlamaDecoder(StaticDecoder):
         return self.kv_heads, self.head_dim
 
     def _embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
-        hidden = self.trunk.embed_tokens(input_ids)
-        # One (cos, sin) per call of the layers, from the model's own rotary module (every RoPE variant it has).
-        self._cos_sin = self.trunk.rotary_emb(hidden, position_ids)
-        return hidden
+        return self.trunk.embed_tokens(input_ids)
 
     def _final(self, hidden: Tensor) -> Tensor:
         return self.trunk.norm(hidden)
 
     def _layers(self, hidden: Tensor, position_ids: Tensor, start: int, attn_mask: Tensor) -> Tensor:
-        assert self._cos_sin is not None
-        cos, sin = (t.unsqueeze(1) for t in self._cos_sin)  # (B, 1, S, D): broadcast over heads
+        # One (cos, sin) for all layers, from the model's own rotary module (every RoPE variant it has).
+        cos, sin = (t.unsqueeze(1) for t in self.trunk.rotary_emb(hidden, position_ids))  # (B, 1, S, D)
         batch, length, _ = hidden.shape
         self._allocate(hidden, len(self.layers))
         for index, layer in enumerate(self.layers):
