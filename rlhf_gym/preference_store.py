@@ -13,7 +13,13 @@ Two kinds of query are kept:
 The same query is never asked twice: a unique key on a hash of (kind, prompt, the completions — for pairs, in
 sorted order) makes :meth:`PreferenceBackend.add_query` return ``None`` for a pair already asked in either order.
 Nor is one query shown to two labellers at once: front-ends take the next query with :meth:`PreferenceBackend.claim`,
-which leases it to their labeller until it is answered, released, or the lease (10 minutes by default) runs out.
+which leases it to one labelling session (a terminal, a browser tab) of a labeller until it is answered, released,
+or the lease (10 minutes by default, renewed while it is on screen) runs out; a lease whose process has died on this
+machine is free at once. A front-end answers with its ``session``, so a query leased to someone else is refused
+(:class:`LeasedElsewhereError`) rather than answered twice.
+
+A damaged file (a torn page, flipped bytes) raises :class:`DamagedStoreError` with what to do, never a bare SQLite
+error; :meth:`PreferenceStore.verify` runs SQLite's full integrity check before anything trusts every row.
 
 Preference pairs export to, and import from, TRL's column format (``prompt``, ``chosen``, ``rejected``, plus
 ``margin``, ``label``, ``annotator``, ``source``, ``created_at``, ``answered_at``) as JSONL, Parquet or a
@@ -43,6 +49,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -67,6 +74,14 @@ _CHOICE_LABELS: dict[str, float | None] = {"a": 1.0, "b": 0.0, "tie": 0.5, "t": 
 
 class AlreadyAnsweredError(PreferenceStoreError):
     """The query already has an answer (another labeller or page got there first)."""
+
+
+class LeasedElsewhereError(PreferenceStoreError):
+    """The query is leased to another labelling session (another labeller, or another tab of the same one)."""
+
+
+class DamagedStoreError(PreferenceStoreError):
+    """The store's file is damaged (SQLite reports a malformed page or fails its integrity check)."""
 
 
 class UnknownQueryError(PreferenceStoreError, KeyError):
@@ -127,6 +142,16 @@ class Answer:
     def skipped(self) -> bool:
         """True for "skip / can't tell" (different from a tie)."""
         return self.choice == "skip"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A pending query on someone's screen: who holds it, in which labelling session, until when."""
+
+    query_id: int
+    holder: str  #: the labeller (annotator id)
+    session: str  #: the labelling session (a terminal process, a browser tab); ``""`` for the labeller as a whole
+    expires_at: float  #: unix seconds
 
 
 @dataclass(frozen=True)
@@ -221,30 +246,50 @@ class PreferenceBackend(abc.ABC):
         """Remove those of ``query_ids`` that are still unanswered from the queue; returns how many."""
 
     @abc.abstractmethod
-    def claim(self, holder: str, *, kind: str | None = None, query_ids: Iterable[int] | None = None,
-              exclude: Iterable[int] = (), prefer: int | None = None,
+    def claim(self, holder: str, *, session: str = "", kind: str | None = None,
+              query_ids: Iterable[int] | None = None, exclude: Iterable[int] = (), prefer: int | None = None,
               lease_s: float = DEFAULT_LEASE_S) -> Query | None:
-        """Lease the oldest pending query nobody else holds (``prefer`` first if it is claimable), so labellers
-        working the same store are never shown the same query; ``None`` when there is none to claim.
+        """Lease a pending query to ``holder``'s ``session`` so no other session is shown it; ``None`` when there is
+        none to claim.
 
-        A lease lasts ``lease_s`` seconds, ends when the query is answered or :meth:`release` d, and claiming again
-        renews the holder's own. ``holder`` names the labeller (front-ends pass the annotator id), so a labeller
-        whose session was killed gets the query back on restart while everyone else is kept off it.
+        The session's own lease comes first (a reload shows the same query), then ``prefer`` if it is claimable,
+        then the oldest pending query nobody else holds. A session holds one lease: claiming another gives back
+        the previous one. A lease lasts ``lease_s`` seconds, ends when the query is answered or released, and is
+        free at once when the process that took it has died on this machine, so a labeller whose terminal was
+        killed gets the query back on restart. ``holder`` names the labeller (front-ends pass the annotator id);
+        ``session`` tells apart two terminals or tabs of the same labeller (``""``: the labeller as a whole).
         """
 
     @abc.abstractmethod
-    def release(self, query_id: int, holder: str) -> bool:
-        """Give back ``holder``'s lease on ``query_id`` (the query stays pending); whether there was one."""
+    def renew(self, query_id: int, holder: str, *, session: str = "", lease_s: float = DEFAULT_LEASE_S) -> bool:
+        """Extend ``session``'s lease on a query still on its screen (or take it again if nobody else holds it
+        and it is unanswered); whether the session holds it now."""
 
     @abc.abstractmethod
+    def release(self, query_id: int, holder: str, *, session: str = "") -> bool:
+        """Give back ``holder``'s (``session``'s) lease on ``query_id`` (the query stays pending); whether there
+        was one."""
+
+    @abc.abstractmethod
+    def release_session(self, holder: str, session: str = "") -> int:
+        """Give back every lease of one session (a front-end closing); returns how many."""
+
+    @abc.abstractmethod
+    def leases(self) -> list[Lease]:
+        """Unexpired leases on pending queries, by query id."""
+
     def leased(self) -> dict[int, str]:
         """Unexpired leases on pending queries: ``{query_id: holder}``."""
+        return {lease.query_id: lease.holder for lease in self.leases()}
 
     # -- abstract: answers -----------------------------------------------------------------------------------
     @abc.abstractmethod
     def answer(self, query_id: int, label: Any, *, annotator: str, source: str,
-               meta: Mapping[str, Any] | None = None) -> Answer:
+               meta: Mapping[str, Any] | None = None, session: str | None = None) -> Answer:
         """Record an answer and commit it before returning (see :func:`parse_label` for accepted labels).
+
+        A front-end passes its ``session``: the answer is then refused with :class:`LeasedElsewhereError` when
+        another session holds a live lease on the query (an expired lease, or none, does not stop it).
 
         Raises :class:`AlreadyAnsweredError` if the query already has one, :class:`UnknownQueryError` if it
         does not exist.
@@ -532,6 +577,15 @@ def _v3_leases(conn: sqlite3.Connection) -> None:
         )""")
 
 
+@_migration
+def _v4_lease_sessions(conn: sqlite3.Connection) -> None:
+    # leases per labelling session (two terminals or tabs of one labeller), and the process that took each, so a
+    # lease of a process that died on this machine is free at once; existing leases become the labeller's own
+    conn.execute("ALTER TABLE leases ADD COLUMN session TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE leases ADD COLUMN host TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE leases ADD COLUMN pid INTEGER NOT NULL DEFAULT 0")
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -625,6 +679,8 @@ class PreferenceStore(PreferenceBackend):
                     time.sleep(0.05)
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if _looks_like_sqlite(self.path):
+                raise DamagedStoreError(_damaged_message(self.location, str(exc))) from None
             raise PreferenceStoreError(
                 f"{self.location!r} is not a preference store database ({exc}); give the path of a store created "
                 f"by rlhf_gym, or a new file name") from None
@@ -673,11 +729,14 @@ class PreferenceStore(PreferenceBackend):
     @property
     def schema_version(self) -> int:
         """The schema version of the open database."""
-        with self._lock:
-            return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+        with self._read() as conn:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
     def _write(self) -> _WriteTransaction:
         return _WriteTransaction(self)
+
+    def _read(self) -> _Read:
+        return _Read(self)
 
     def close(self) -> None:
         with self._lock:
@@ -706,17 +765,16 @@ class PreferenceStore(PreferenceBackend):
              scale: int | None = None) -> Query | None:
         kind = "compare" if completion_b is not None else "rating"
         key = query_key(kind, prompt, completion_a, completion_b, scale)
-        with self._lock:
-            row = self.conn.execute(f"SELECT {_QUERY_COLUMNS} FROM queries q WHERE q.key = ?", (key,)).fetchone()
-        return _query_from_row(row) if row else None
+        with self._read() as conn:
+            row = conn.execute(f"SELECT {_QUERY_COLUMNS} FROM queries q WHERE q.key = ?", (key,)).fetchone()
+            return _query_from_row(row) if row else None
 
     def get(self, query_id: int) -> Query:
-        with self._lock:
-            row = self.conn.execute(f"SELECT {_QUERY_COLUMNS} FROM queries q WHERE q.id = ?",
-                                    (int(query_id),)).fetchone()
-        if row is None:
-            raise UnknownQueryError(f"no query {query_id} in {self.location!r} (never added, or withdrawn)")
-        return _query_from_row(row)
+        with self._read() as conn:
+            row = conn.execute(f"SELECT {_QUERY_COLUMNS} FROM queries q WHERE q.id = ?", (int(query_id),)).fetchone()
+            if row is None:
+                raise UnknownQueryError(f"no query {query_id} in {self.location!r} (never added, or withdrawn)")
+            return _query_from_row(row)
 
     def pending(self, limit: int | None = None, *, kind: str | None = None,
                 query_ids: Iterable[int] | None = None) -> list[Query]:
@@ -730,8 +788,8 @@ class PreferenceStore(PreferenceBackend):
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        with self._lock:
-            return [_query_from_row(r) for r in self.conn.execute(sql, params)]
+        with self._read() as conn:
+            return [_query_from_row(r) for r in conn.execute(sql, params)]
 
     def withdraw(self, query_ids: Iterable[int]) -> int:
         ids = [int(i) for i in query_ids]
@@ -743,49 +801,87 @@ class PreferenceStore(PreferenceBackend):
                 "AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = queries.id)")
             return cur.rowcount
 
-    def claim(self, holder: str, *, kind: str | None = None, query_ids: Iterable[int] | None = None,
-              exclude: Iterable[int] = (), prefer: int | None = None,
+    def claim(self, holder: str, *, session: str = "", kind: str | None = None,
+              query_ids: Iterable[int] | None = None, exclude: Iterable[int] = (), prefer: int | None = None,
               lease_s: float = DEFAULT_LEASE_S) -> Query | None:
         if not holder:
             raise ValueError("claim() needs a holder id (the labeller asking, e.g. the annotator id)")
-        if lease_s <= 0:
+        if not lease_s > 0:
             raise ValueError(f"lease_s must be a positive number of seconds, got {lease_s}")
         filters = _queue_filters(kind, query_ids)
         if filters is None:
             return None
-        sql = (f"SELECT {_QUERY_COLUMNS} FROM queries q LEFT JOIN answers a ON a.query_id = q.id "
-               "LEFT JOIN leases l ON l.query_id = q.id "
-               "WHERE a.id IS NULL AND (l.query_id IS NULL OR l.expires_at <= ? OR l.holder = ?)" + filters[0])
         now = time.time()
-        params: list[Any] = [now, holder, *filters[1]]
+        sql = (f"SELECT {_QUERY_COLUMNS}, (l.holder IS ? AND l.session IS ?) AS mine FROM queries q "
+               "LEFT JOIN answers a ON a.query_id = q.id LEFT JOIN leases l ON l.query_id = q.id "
+               "WHERE a.id IS NULL AND (l.query_id IS NULL OR l.expires_at <= ? OR (l.holder = ? AND l.session = ?))"
+               + filters[0])
+        params: list[Any] = [holder, session, now, holder, session, *filters[1]]
         skip = [int(i) for i in exclude]
         if skip:
             sql += f" AND q.id NOT IN ({_id_list(skip)})"
-        sql += " ORDER BY q.id = ? DESC, q.id LIMIT 1"
+        sql += " ORDER BY mine DESC, q.id = ? DESC, q.id LIMIT 1"
         params.append(-1 if prefer is None else int(prefer))
         with self._write() as conn:
+            self._free_dead_leases(conn, now)
             row = conn.execute(sql, params).fetchone()
+            conn.execute("DELETE FROM leases WHERE holder = ? AND session = ? AND query_id != ?",
+                         (holder, session, -1 if row is None else row[0]))
             if row is None:
                 return None
-            conn.execute("INSERT OR REPLACE INTO leases (query_id, holder, expires_at) VALUES (?, ?, ?)",
-                         (row[0], holder, now + float(lease_s)))
-        return _query_from_row(row)
+            conn.execute("INSERT OR REPLACE INTO leases (query_id, holder, session, host, pid, expires_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", (row[0], holder, session, _HOST, os.getpid(), now + lease_s))
+        return _query_from_row(row[:9])
 
-    def release(self, query_id: int, holder: str) -> bool:
+    def renew(self, query_id: int, holder: str, *, session: str = "", lease_s: float = DEFAULT_LEASE_S) -> bool:
+        if not lease_s > 0:
+            raise ValueError(f"lease_s must be a positive number of seconds, got {lease_s}")
+        now = time.time()
         with self._write() as conn:
-            cur = conn.execute("DELETE FROM leases WHERE query_id = ? AND holder = ?", (int(query_id), holder))
+            self._free_dead_leases(conn, now)
+            row = conn.execute(
+                "SELECT a.id, l.holder, l.session, l.expires_at FROM queries q LEFT JOIN answers a ON a.query_id = q.id "
+                "LEFT JOIN leases l ON l.query_id = q.id WHERE q.id = ?", (int(query_id),)).fetchone()
+            if row is None or row[0] is not None:
+                return False  # withdrawn or answered
+            if row[1] is not None and row[3] > now and (row[1], row[2]) != (holder, session):
+                return False  # someone else took it after this session's lease ran out
+            conn.execute("INSERT OR REPLACE INTO leases (query_id, holder, session, host, pid, expires_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", (int(query_id), holder, session, _HOST, os.getpid(),
+                                                       now + lease_s))
+        return True
+
+    def release(self, query_id: int, holder: str, *, session: str = "") -> bool:
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM leases WHERE query_id = ? AND holder = ? AND session = ?",
+                               (int(query_id), holder, session))
             return cur.rowcount > 0
 
-    def leased(self) -> dict[int, str]:
-        with self._lock:
-            rows = self.conn.execute(
-                "SELECT l.query_id, l.holder FROM leases l LEFT JOIN answers a ON a.query_id = l.query_id "
-                "WHERE a.id IS NULL AND l.expires_at > ? ORDER BY l.query_id", (time.time(),)).fetchall()
-        return {int(r[0]): str(r[1]) for r in rows}
+    def release_session(self, holder: str, session: str = "") -> int:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM leases WHERE holder = ? AND session = ?", (holder, session)).rowcount
+
+    def leases(self) -> list[Lease]:
+        now = time.time()
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT l.query_id, l.holder, l.session, l.expires_at, l.host, l.pid FROM leases l "
+                "LEFT JOIN answers a ON a.query_id = l.query_id WHERE a.id IS NULL AND l.expires_at > ? "
+                "ORDER BY l.query_id", (now,)).fetchall()
+        return [Lease(int(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows if not _dead(r[4], r[5])]
+
+    @staticmethod
+    def _free_dead_leases(conn: sqlite3.Connection, now: float) -> None:
+        """Inside a write: drop the live leases of processes that have died on this machine."""
+        rows = conn.execute("SELECT query_id, pid FROM leases WHERE host = ? AND pid != ? AND expires_at > ?",
+                            (_HOST, os.getpid(), now)).fetchall()
+        dead = [int(r[0]) for r in rows if _dead(_HOST, r[1])]
+        if dead:
+            conn.execute(f"DELETE FROM leases WHERE query_id IN ({_id_list(dead)})")
 
     # -- answers --------------------------------------------------------------------------------------------------
     def answer(self, query_id: int, label: Any, *, annotator: str, source: str,
-               meta: Mapping[str, Any] | None = None) -> Answer:
+               meta: Mapping[str, Any] | None = None, session: str | None = None) -> Answer:
         if not annotator:
             raise ValueError("answer() needs an annotator id (who gave the answer)")
         with self._write() as conn:
@@ -793,6 +889,16 @@ class PreferenceStore(PreferenceBackend):
             if row is None:
                 raise UnknownQueryError(f"no query {query_id} in {self.location!r} (never added, or withdrawn)")
             choice, value = parse_label(label, row[0], row[1])
+            if session is not None:
+                lease = conn.execute("SELECT holder, session, host, pid FROM leases WHERE query_id = ? AND "
+                                     "expires_at > ?", (int(query_id), time.time())).fetchone()
+                answered = conn.execute("SELECT 1 FROM answers WHERE query_id = ?", (int(query_id),)).fetchone()
+                if (lease is not None and answered is None and (lease[0], lease[1]) != (annotator, session)
+                        and not _dead(lease[2], lease[3])):
+                    whose = "your other labelling session" if lease[0] == annotator else repr(lease[0])
+                    raise LeasedElsewhereError(
+                        f"query {query_id} is on the screen of {whose} (its lease here ran out or it was never "
+                        f"yours); nothing was stored, take the next query")
             now = utc_now()
             meta_json = json.dumps(dict(meta or {}), ensure_ascii=False)
             try:
@@ -836,22 +942,22 @@ class PreferenceStore(PreferenceBackend):
             sql += " AND a.id > ?"
             params.append(int(after_id))
         sql += " ORDER BY a.id"
-        with self._lock:
-            return [_answer_from_row(r) for r in self.conn.execute(sql, params)]
+        with self._read() as conn:
+            return [_answer_from_row(r) for r in conn.execute(sql, params)]
 
     def answered_pairs(self, include_ties: bool = False) -> list[tuple[Query, Answer]]:
         choices = "('a', 'b', 'tie')" if include_ties else "('a', 'b')"
         sql = (f"SELECT {_QUERY_COLUMNS}, {_ANSWER_COLUMNS} FROM queries q JOIN answers a ON a.query_id = q.id "
                f"WHERE q.kind = 'compare' AND a.choice IN {choices} ORDER BY a.id")
-        with self._lock:
-            rows = self.conn.execute(sql).fetchall()
-        return [(_query_from_row(r[:9]), _answer_from_row(r[9:])) for r in rows]
+        with self._read() as conn:
+            rows = conn.execute(sql).fetchall()
+            return [(_query_from_row(r[:9]), _answer_from_row(r[9:])) for r in rows]
 
     def stats(self) -> dict[str, Any]:
-        with self._lock:
-            queries = self.conn.execute("SELECT COUNT(*) FROM queries").fetchone()[0]
-            by_choice = dict(self.conn.execute("SELECT choice, COUNT(*) FROM answers GROUP BY choice").fetchall())
-            annotators = dict(self.conn.execute(
+        with self._read() as conn:
+            queries = conn.execute("SELECT COUNT(*) FROM queries").fetchone()[0]
+            by_choice = dict(conn.execute("SELECT choice, COUNT(*) FROM answers GROUP BY choice").fetchall())
+            annotators = dict(conn.execute(
                 "SELECT annotator, COUNT(*) FROM answers GROUP BY annotator").fetchall())
         answered = sum(by_choice.values())
         out: dict[str, Any] = {"queries": queries, "answered": answered, "pending": queries - answered}
@@ -883,9 +989,83 @@ class PreferenceStore(PreferenceBackend):
         return ImportResult(added, duplicates)
 
     def integrity_check(self) -> str:
-        """SQLite's ``PRAGMA integrity_check`` result (``"ok"`` for a healthy file)."""
-        with self._lock:
-            return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
+        """SQLite's ``PRAGMA integrity_check`` result (``"ok"`` for a healthy file; else its problems, joined)."""
+        with self._read() as conn:
+            rows = conn.execute("PRAGMA integrity_check(20)").fetchall()
+        return "; ".join(str(r[0]) for r in rows)
+
+    def verify(self) -> None:
+        """Run SQLite's full integrity check; raise :class:`DamagedStoreError` (saying what to do) unless it passes.
+
+        Training and labelling call it before trusting every row: a damaged page can hide answers from a read
+        that otherwise succeeds.
+        """
+        result = self.integrity_check()
+        if result != "ok":
+            raise DamagedStoreError(_damaged_message(self.location, f"SQLite's integrity check reports: "
+                                                                    f"{result[:300]}"))
+
+
+_HOST = socket.gethostname()
+
+
+def _dead(host: Any, pid: Any) -> bool:
+    """Whether a lease's process is known to have died: it ran on this machine and is gone."""
+    if host != _HOST or not pid or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
+def _looks_like_sqlite(path: Path) -> bool:
+    """Whether the file starts with SQLite's header (so an error opening it means damage, not a foreign file)."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+def _damaged_message(location: str, detail: str) -> str:
+    return (f"preference store {location!r} is damaged ({detail}); nothing was read from or written to it. Restore "
+            f"it from a backup, or salvage the readable rows with `sqlite3 {location} .recover | sqlite3 "
+            f"recovered.db` and use recovered.db")
+
+
+def _as_store_error(exc: Exception, location: str) -> PreferenceStoreError:
+    """A SQLite error met while reading or writing an open store, as the store error that says what to do."""
+    text = str(exc)
+    if isinstance(exc, json.JSONDecodeError):
+        return DamagedStoreError(_damaged_message(location, f"a stored row's extras are not JSON: {exc.msg}"))
+    if isinstance(exc, sqlite3.DatabaseError) and any(
+            w in text for w in ("malformed", "not a database", "corrupt", "disk I/O", "no such", "decode")):
+        return DamagedStoreError(_damaged_message(location, text))
+    return PreferenceStoreError(f"preference store {location!r} failed: {text}")
+
+
+class _Read:
+    """``with store._read() as conn``: the thread lock, with SQLite's errors turned into store errors."""
+
+    def __init__(self, store: PreferenceStore):
+        self.store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.store._lock.acquire()
+        try:
+            return self.store.conn
+        except BaseException:
+            self.store._lock.release()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        self.store._lock.release()
+        if isinstance(exc, (sqlite3.Error, json.JSONDecodeError)):
+            raise _as_store_error(exc, self.store.location) from None
 
 
 class _WriteTransaction:
@@ -901,6 +1081,8 @@ class _WriteTransaction:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             self.store._lock.release()
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise _as_store_error(exc, self.store.location) from None
             raise PreferenceStoreError(
                 f"preference store {self.store.location!r} stayed locked by another process ({exc}); try again, "
                 f"or raise the store's timeout") from None
@@ -909,16 +1091,36 @@ class _WriteTransaction:
             raise
         return conn
 
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         try:
-            self.store.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            try:
+                self.store.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            except sqlite3.Error as failed:
+                if exc is None:
+                    raise _as_store_error(failed, self.store.location) from None
         finally:
             self.store._lock.release()
+        if isinstance(exc, (sqlite3.Error, json.JSONDecodeError)):
+            raise _as_store_error(exc, self.store.location) from None
 
 
 def _id_list(ids: Sequence[int]) -> str:
     # ids are ints (cast by the callers), so inlining them is safe and avoids SQLite's variable limit
     return ", ".join(str(int(i)) for i in ids)
+
+
+def check_query(query: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` (saying what is wrong) unless ``query`` can be queued (see ``add_queries``)."""
+    _prepare_query(query, "check")
+
+
+def _text(value: Any, name: str) -> str:
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{name} is not valid Unicode text (a lone surrogate at character {exc.start})") from None
+    return text
 
 
 def _prepare_query(query: Mapping[str, Any], requested_by: str) -> dict[str, Any]:
@@ -929,20 +1131,20 @@ def _prepare_query(query: Mapping[str, Any], requested_by: str) -> dict[str, Any
     kind = query.get("kind") or ("compare" if completion_b is not None else "rating")
     if kind not in QUERY_KINDS:
         raise ValueError(f"query kind must be one of {', '.join(QUERY_KINDS)}, got {kind!r}")
-    prompt, completion_a = str(query["prompt"]), str(query["completion_a"])
+    prompt, completion_a = _text(query["prompt"], "prompt"), _text(query["completion_a"], "completion_a")
     scale: int | None = None
     if kind == "compare":
         if completion_b is None:
             raise ValueError("a compare query needs completion_b")
-        completion_b = str(completion_b)
+        completion_b = _text(completion_b, "completion_b")
         if completion_a == completion_b:
             raise ValueError("completion_a and completion_b are identical; there is nothing to compare")
     else:
         if completion_b is not None:
             raise ValueError("a rating query has one completion; drop completion_b or use kind='compare'")
         scale = int(query.get("scale") or 5)
-        if scale < 2:
-            raise ValueError(f"a rating scale needs at least 2 points, got {scale}")
+        if not 2 <= scale <= 1000:
+            raise ValueError(f"a rating scale needs 2 to 1000 points, got {scale}")
     return {
         "key": query_key(kind, prompt, completion_a, completion_b, scale),
         "kind": kind, "prompt": prompt, "completion_a": completion_a, "completion_b": completion_b,
@@ -962,17 +1164,31 @@ def open_store(location: str | os.PathLike[str], **kwargs: Any) -> PreferenceBac
 
 
 def iter_jsonl(path: str | os.PathLike[str], error: type[Exception] = PreferenceStoreError) -> Iterator[dict[str, Any]]:
-    """Yield the JSON objects of a ``.jsonl`` file; a line that is not one raises ``error`` naming it."""
-    with Path(path).open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise error(f"{path}:{lineno} is not valid JSON ({exc.msg})") from None
-            if not isinstance(value, dict):
-                raise error(
-                    f"{path}:{lineno} is a JSON {type(value).__name__}; each line must be an object (a record with "
-                    f"named columns)")
-            yield value
+    """Yield the JSON objects of a ``.jsonl`` file; a line that is not one (or a file that cannot be read) raises
+    ``error`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise error(f"{str(path)!r} {what}; give the path of a JSONL file (one JSON object per line)")
+    try:
+        with path.open(encoding="utf-8") as fh:
+            yield from _jsonl_lines(path, fh, error)
+    except OSError as exc:
+        raise error(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{str(path)!r} is not UTF-8 text (byte {exc.start} of a line); give a JSONL file") from None
+
+
+def _jsonl_lines(path: Path, fh: Any, error: type[Exception]) -> Iterator[dict[str, Any]]:
+    for lineno, line in enumerate(fh, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise error(f"{path}:{lineno} is not valid JSON ({getattr(exc, 'msg', 'nested too deeply')})") from None
+        if not isinstance(value, dict):
+            raise error(
+                f"{path}:{lineno} is a JSON {type(value).__name__}; each line must be an object (a record with "
+                f"named columns)")
+        yield value

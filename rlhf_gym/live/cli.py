@@ -5,6 +5,7 @@ Examples::
     rlhf-gym label --store run/preferences.db --import pairs.jsonl   # queue pairs, then label them here
     rlhf-gym label --store run/preferences.db --resume               # carry on after quitting or a crash
     rlhf-gym label --store run/preferences.db --web --port 8765      # label in a browser on this machine
+    rlhf-gym label --store run/preferences.db --follow               # keep answering while a trainer asks
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import os
 import sys
 from pathlib import Path
 
-from rlhf_gym.errors import ConfigError, PreferenceStoreError
-from rlhf_gym.preference_store import PreferenceStore, iter_jsonl
+from rlhf_gym.errors import ConfigError, PreferenceStoreError, RLHFGymError
+from rlhf_gym.live.visible import visible
+from rlhf_gym.preference_store import PreferenceStore, check_query, iter_jsonl
 
 DEFAULT_STORE_ENV = "RLHF_GYM_STORE"
 
@@ -40,48 +42,57 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="rating scale (1..SCALE) for rating queries queued with --import")
     parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                         help="seconds per question in the terminal; an unanswered question stays queued")
+    parser.add_argument("--follow", action="store_true",
+                        help="in the terminal, wait for new queries when the queue is empty (for live training) "
+                             "instead of exiting; q + Enter or Ctrl-C stops and gives back the query on screen")
     parser.add_argument("--import", dest="import_file", metavar="FILE", default=None,
                         help="queue queries from a JSONL file first: prompt + completion_a + completion_b per line "
                              "(a pair), or prompt + completion (a rating)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Open the store, queue any ``--import`` file, then label in the terminal or serve the web page."""
-    from rlhf_gym.live.terminal import NoTerminalError, TerminalLabeler, require_terminal
+    """Open the store, queue any ``--import`` file, then label in the terminal or serve the web page.
+
+    Bad input (options, the import file, a damaged store, a port in use) prints one ``error:`` line and returns 2.
+    """
+    try:
+        return _run(args)
+    except RLHFGymError as exc:
+        print(f"error: {visible(str(exc))}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rlhf_gym.live.terminal import TerminalLabeler, require_terminal
     from rlhf_gym.live.web import WebLabelServer, check_local_host
 
     path = Path(args.store)
-    try:
-        check_local_host(args.host)
-        if args.time_limit is not None and args.time_limit <= 0:
-            raise ConfigError(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
-        if args.resume and not path.is_file():
-            raise ConfigError(f"nothing to resume: there is no preference store at {str(path)!r}; check --store")
-        if not args.web:
-            require_terminal()  # before creating anything, so a pipe fails fast
-        store = PreferenceStore(path)
-    except (ConfigError, PreferenceStoreError, NoTerminalError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    check_local_host(args.host)
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise ConfigError(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
+    if args.follow and args.web:
+        raise ConfigError("--follow is for the terminal; the --web page always waits for new queries")
+    if args.resume and not path.is_file():
+        raise ConfigError(f"nothing to resume: there is no preference store at {str(path)!r}; check --store")
+    if args.import_file:
+        import_path = Path(args.import_file)
+        if not import_path.is_file():
+            what = "is a folder" if import_path.is_dir() else "does not exist"
+            raise PreferenceStoreError(f"--import file {args.import_file!r} {what}; give a JSONL file of queries")
+    if not args.web:
+        require_terminal()  # before creating anything, so a pipe fails fast
     kind = None if args.mode == "any" else args.mode
-    with store:
+    with PreferenceStore(path) as store:
+        store.verify()  # a damaged store fails here, before anyone labels into it
         if args.import_file:
-            try:
-                added, repeated = queue_file(store, args.import_file, scale=args.scale, requested_by=args.annotator)
-            except (PreferenceStoreError, ValueError) as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            print(f"queued {added} new queries from {args.import_file} ({repeated} were asked before)")
+            added, repeated = queue_file(store, args.import_file, scale=args.scale, requested_by=args.annotator)
+            print(visible(f"queued {added} new queries from {args.import_file} ({repeated} were asked before)"))
         stats = store.stats()
         mine = stats["annotators"].get(args.annotator, 0)
-        print(f"store {store.location}: {stats['answered']} answered ({mine} by {args.annotator}), "
-              f"{stats['pending']} pending")
+        print(visible(f"store {store.location}: {stats['answered']} answered ({mine} by {args.annotator}), "
+                      f"{stats['pending']} pending"))
         if args.web:
-            try:
-                server = WebLabelServer(store, annotator=args.annotator, host=args.host, port=args.port, kind=kind)
-            except ConfigError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
+            server = WebLabelServer(store, annotator=args.annotator, host=args.host, port=args.port, kind=kind)
             print(f"labelling page: {server.url}\n(Ctrl-C stops the server; every answer is already saved)",
                   flush=True)
             try:
@@ -91,15 +102,17 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 server.stop()
             return 0
-        labeler = TerminalLabeler(store, annotator=args.annotator, kind=kind, time_limit=args.time_limit)
+        labeler = TerminalLabeler(store, annotator=args.annotator, kind=kind, time_limit=args.time_limit,
+                                  follow=args.follow)
         try:
             summary = labeler.run()
         except KeyboardInterrupt:
             print("\ninterrupted; every answer given is saved. Continue with --resume.")
             return 130
         stats = store.stats()
-        print(f"{len(summary.answered)} answered this session, {stats['pending']} still pending"
-              + (f"; continue with `rlhf-gym label --store {store.location} --resume`" if stats["pending"] else ""))
+        print(visible(f"{len(summary.answered)} answered this session, {stats['pending']} still pending"
+                      + (f"; continue with `rlhf-gym label --store {store.location} --resume`"
+                         if stats["pending"] else "")))
     return 0
 
 
@@ -119,6 +132,10 @@ def queue_file(store: PreferenceStore, path: str | os.PathLike[str], *, scale: i
             raise PreferenceStoreError(
                 f"{path}:{lineno} lacks text for {', '.join(missing)} (found {', '.join(rec) or 'nothing'}); each "
                 f"line needs prompt, completion_a, completion_b (a pair) or prompt, completion (a rating)")
+        try:
+            check_query(row)
+        except ValueError as exc:
+            raise PreferenceStoreError(f"{path}:{lineno}: {exc}") from None
         rows.append(row)
     ids = store.add_queries(rows, requested_by=requested_by)
     added = sum(1 for i in ids if i is not None)

@@ -8,6 +8,9 @@ to rate, and reads one answer per line:
 * ratings: a number ``1..scale`` or ``s``,
 * always: ``u`` (undo my last answer and ask it again), ``q`` (quit), ``?`` (help).
 
+Shown text is untrusted (model output): control characters, escape sequences and invisible format characters are
+drawn as visible escapes (:mod:`rlhf_gym.live.visible`), never sent to the terminal.
+
 Every answer goes to the store, which commits it before the next question is shown, so quitting, Ctrl-C, a
 closed terminal or a killed process loses nothing that was answered. With a time limit per question, a question
 left unanswered stays in the queue and the next one is shown.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import select
 import sys
 import time
@@ -29,10 +33,21 @@ from rich.panel import Panel
 from rich.text import Text
 
 from rlhf_gym.errors import RLHFGymError
-from rlhf_gym.preference_store import AlreadyAnsweredError, PreferenceBackend, Query, UnknownQueryError
+from rlhf_gym.live.visible import visible, visible_text
+from rlhf_gym.preference_store import (
+    AlreadyAnsweredError,
+    LeasedElsewhereError,
+    PreferenceBackend,
+    Query,
+    UnknownQueryError,
+)
 
 #: how often a session waiting for answers other sessions are giving looks again (seconds)
 WAIT_FOR_OTHERS_S = 0.5
+#: how often ``follow`` mode looks for new queries (seconds)
+FOLLOW_POLL_S = 0.5
+#: how often the lease on the query on screen is renewed while the person thinks (seconds; leases last 600)
+RENEW_EVERY_S = 60.0
 PAIR_HELP = "a = A is better · b = B is better · t = tie · s = skip/can't tell · u = undo last · q = quit"
 
 
@@ -108,11 +123,12 @@ class TerminalLabeler:
         console: where questions are drawn (default: a rich console on stdout).
         seed: seeds the side shuffling (default: fresh randomness).
         source: recorded with each answer as the front-end that produced it.
+        follow: when the queue is empty, wait for new queries (live training) instead of returning.
     """
 
     def __init__(self, store: PreferenceBackend, *, annotator: str, kind: str | None = None,
                  time_limit: float | None = None, stdin: IO[Any] | None = None, console: Console | None = None,
-                 seed: int | None = None, source: str = "terminal"):
+                 seed: int | None = None, source: str = "terminal", follow: bool = False):
         if time_limit is not None and time_limit <= 0:
             raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit}")
         self.store = store
@@ -123,18 +139,31 @@ class TerminalLabeler:
         self.console = console or Console(highlight=False)
         self.rng = random.Random(seed)
         self.source = source
+        self.follow = follow
+        #: this labelling session: two terminals of one annotator lease different queries
+        self.session = f"terminal:{secrets.token_hex(6)}"
 
     def run(self, query_ids: Iterable[int] | None = None, *, deadline: float | None = None,
             enough: Callable[[], bool] | None = None) -> SessionSummary:
         """Ask until the queue (or ``query_ids``) is empty, the person quits, ``enough()`` or ``deadline``.
 
-        ``deadline`` is a ``time.monotonic()`` value. Raises :class:`NoTerminalError` when stdin is not a TTY.
+        With ``follow``, an empty queue is waited on instead (``q`` + Enter or Ctrl-C stops). ``deadline`` is a
+        ``time.monotonic()`` value. Whatever ends the session (Ctrl-C included), the query on screen is given back
+        to the queue. Raises :class:`NoTerminalError` when stdin is not a TTY.
         """
         require_terminal(self.stdin)
+        try:
+            return self._run(query_ids, deadline, enough)
+        finally:
+            self.store.release_session(self.annotator, self.session)
+
+    def _run(self, query_ids: Iterable[int] | None, deadline: float | None,
+             enough: Callable[[], bool] | None) -> SessionSummary:
         ids = None if query_ids is None else [int(i) for i in query_ids]
         reader = _LineReader(self.stdin.fileno())
         summary = SessionSummary()
         ask_first: int | None = None
+        waiting = False
         while True:
             if enough is not None and enough():
                 summary.stopped_by = "enough"
@@ -142,24 +171,41 @@ class TerminalLabeler:
             if deadline is not None and time.monotonic() >= deadline:
                 summary.stopped_by = "deadline"
                 break
-            # Leased in the annotator's name: other labellers are not shown it, and a restarted session of the same
-            # labeller gets it back.
-            query = self.store.claim(self.annotator, kind=self.kind, query_ids=ids, exclude=summary.timed_out,
-                                     prefer=ask_first)
+            # Leased to this session: other labellers, and this labeller's other terminals and tabs, are not shown it.
+            query = self.store.claim(self.annotator, session=self.session, kind=self.kind, query_ids=ids,
+                                     exclude=summary.timed_out, prefer=ask_first)
             ask_first = None
-            queue = [q for q in self.store.pending(kind=self.kind, query_ids=ids) if q.id not in summary.timed_out]
             if query is None:
+                queue = [q for q in self.store.pending(kind=self.kind, query_ids=ids)
+                         if q.id not in summary.timed_out]
                 leased = self.store.leased()
                 held = [q.id for q in queue if q.id in leased]
                 if held and enough is not None:  # a caller waits for these: another session is answering them
                     time.sleep(WAIT_FOR_OTHERS_S)
                     continue
+                if self.follow:
+                    if not waiting:
+                        others = f" ({len(held)} on other screens)" if held else ""
+                        self.console.print(f"[dim]waiting for new queries{others}… q + Enter stops[/]")
+                        waiting = True
+                    line = reader.readline(FOLLOW_POLL_S)
+                    if reader.eof and not line:
+                        summary.stopped_by = "eof"
+                        return summary
+                    if line is not None and line.strip().lower() in ("q", "quit"):
+                        summary.stopped_by = "quit"
+                        self.console.print("stopped; every answer so far is saved.")
+                        return summary
+                    continue
                 summary.held_by_others = held
                 summary.stopped_by = "done"
                 break
+            waiting = False
+            left = len(self.store.pending(kind=self.kind, query_ids=ids))
             swapped = query.kind == "compare" and self.rng.random() < 0.5
-            self._show(query, swapped, done=len(summary.answered), left=len(queue))
+            self._show(query, swapped, done=len(summary.answered), left=left)
             shown_at = time.monotonic()
+            renewed_at = shown_at
             while True:
                 limit = self.time_limit
                 if deadline is not None:
@@ -168,22 +214,21 @@ class TerminalLabeler:
                 if limit is not None:
                     limit = max(0.0, limit - (time.monotonic() - shown_at))
                 self.console.print(self._ask_line(query), end="")
-                line = reader.readline(limit)
+                line = self._read_renewing(reader, query, limit, renewed_at)
+                renewed_at = time.monotonic()
                 if line is None:
                     self.console.print()
                     self.console.print("[yellow]time's up — the question stays in the queue[/]")
                     summary.timed_out.append(query.id)
-                    self.store.release(query.id, self.annotator)
+                    self.store.release(query.id, self.annotator, session=self.session)
                     break
                 if reader.eof and not line:
                     self.console.print()
                     summary.stopped_by = "eof"
-                    self.store.release(query.id, self.annotator)
                     return summary
                 key = line.strip().lower()
                 if key in ("q", "quit"):
                     summary.stopped_by = "quit"
-                    self.store.release(query.id, self.annotator)
                     self.console.print("stopped; every answer so far is saved.")
                     return summary
                 if key in ("?", "h", "help"):
@@ -198,21 +243,22 @@ class TerminalLabeler:
                     if undone.id in summary.answered:
                         summary.answered.remove(undone.id)
                     self.console.print(f"[cyan]undone: query {undone.id} will be asked again[/]")
-                    self.store.release(query.id, self.annotator)
+                    self.store.release(query.id, self.annotator, session=self.session)
                     ask_first = undone.id
                     break
                 label = self._parse(query, key, swapped)
                 if label is _INVALID:
-                    self.console.print(Text(f"{line.strip()!r} is not an answer here. ", style="red")
+                    self.console.print(Text(f"{visible(repr(line.strip()))} is not an answer here. ", style="red")
                                        + Text(self._help(query)))
                     continue
                 meta = {"elapsed_s": round(time.monotonic() - shown_at, 3)}
                 if query.kind == "compare":
                     meta["swapped"] = swapped
                 try:
-                    self.store.answer(query.id, label, annotator=self.annotator, source=self.source, meta=meta)
-                except (AlreadyAnsweredError, UnknownQueryError) as exc:
-                    self.console.print(Text(f"{exc}; moving on", style="yellow"))
+                    self.store.answer(query.id, label, annotator=self.annotator, source=self.source, meta=meta,
+                                      session=self.session)
+                except (AlreadyAnsweredError, UnknownQueryError, LeasedElsewhereError) as exc:
+                    self.console.print(Text(f"{visible(str(exc))}; moving on", style="yellow"))
                     break
                 summary.answered.append(query.id)
                 break
@@ -223,19 +269,34 @@ class TerminalLabeler:
                                f"session{others})")
         return summary
 
+    def _read_renewing(self, reader: _LineReader, query: Query, limit: float | None,
+                       renewed_at: float) -> str | None:
+        """Read the answer line within ``limit`` seconds, renewing this session's lease on ``query`` while the
+        person thinks, so a slow answer is never refused because the query went to someone else meanwhile."""
+        end = None if limit is None else time.monotonic() + limit
+        while True:
+            wait = RENEW_EVERY_S - (time.monotonic() - renewed_at)
+            if end is not None:
+                wait = min(wait, end - time.monotonic())
+            line = reader.readline(max(0.0, wait))
+            if line is not None or (end is not None and time.monotonic() >= end):
+                return line
+            self.store.renew(query.id, self.annotator, session=self.session)
+            renewed_at = time.monotonic()
+
     # -- drawing -------------------------------------------------------------------------------------------------
     def _show(self, query: Query, swapped: bool, done: int, left: int) -> None:
         self.console.print()
         self.console.rule(f"query {query.id} · {done} answered this session · {left} pending", style="dim")
-        self.console.print(Panel(Text(query.prompt), title="Prompt", title_align="left", border_style="blue"))
+        self.console.print(Panel(visible_text(query.prompt), title="Prompt", title_align="left", border_style="blue"))
         if query.kind == "compare":
             assert query.completion_b is not None
             first, second = (query.completion_b, query.completion_a) if swapped else (
                 query.completion_a, query.completion_b)
-            self.console.print(Panel(Text(first), title="A", title_align="left", border_style="green"))
-            self.console.print(Panel(Text(second), title="B", title_align="left", border_style="magenta"))
+            self.console.print(Panel(visible_text(first), title="A", title_align="left", border_style="green"))
+            self.console.print(Panel(visible_text(second), title="B", title_align="left", border_style="magenta"))
         else:
-            self.console.print(Panel(Text(query.completion_a), title="Completion", title_align="left",
+            self.console.print(Panel(visible_text(query.completion_a), title="Completion", title_align="left",
                                      border_style="green"))
         self.console.print(Text(self._help(query), style="dim"))
 
@@ -243,7 +304,7 @@ class TerminalLabeler:
         if query.kind == "compare":
             text = PAIR_HELP
         else:
-            text = f"1-{query.scale} = your rating (1 worst) · s = skip · u = undo last · q = quit"
+            text = f"1-{query.scale} = your rating (1 = worst, {query.scale} = best) · s = skip · u = undo last · q = quit"
         if self.time_limit is not None:
             text += f" · {self.time_limit:g} s per question"
         return text
