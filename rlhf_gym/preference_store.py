@@ -321,7 +321,13 @@ class PreferenceBackend(abc.ABC):
     def close(self) -> None:
         """Release the connection. Safe to call twice."""
 
+    @abc.abstractmethod
+    def verify(self) -> None:
+        """Raise :class:`DamagedStoreError` unless every stored row can be trusted (the database's own integrity
+        check, and each row against its checksum)."""
+
     # -- shared conveniences ----------------------------------------------------------------------------------
+
     def add_query(self, prompt: str, completion_a: str, completion_b: str | None = None, *,
                   requested_by: str = "unknown", scale: int | None = None,
                   meta: Mapping[str, Any] | None = None) -> int | None:
@@ -584,6 +590,13 @@ def _v4_lease_sessions(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE leases ADD COLUMN session TEXT NOT NULL DEFAULT ''")
     conn.execute("ALTER TABLE leases ADD COLUMN host TEXT NOT NULL DEFAULT ''")
     conn.execute("ALTER TABLE leases ADD COLUMN pid INTEGER NOT NULL DEFAULT 0")
+    # a checksum per stored row: SQLite has none, and a flipped byte inside a text or a label reads back without
+    # error; verify() recomputes them (rows already stored are trusted as they are now)
+    conn.execute("ALTER TABLE queries ADD COLUMN checksum TEXT")
+    conn.execute("ALTER TABLE answers ADD COLUMN checksum TEXT")
+    for table in ("queries", "answers"):
+        for row in conn.execute(f"SELECT {_CHECKSUMMED[table]} FROM {table}").fetchall():
+            conn.execute(f"UPDATE {table} SET checksum = ? WHERE id = ?", (_row_checksum(row), row[0]))
 
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -606,6 +619,26 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
             conn.execute("ROLLBACK")
             raise
     return version
+
+
+#: the columns each table's row checksum covers, in order (the id first)
+_CHECKSUMMED = {
+    "queries": "id, key, kind, prompt, completion_a, completion_b, scale, requested_by, created_at, meta",
+    "answers": "id, query_id, choice, label, annotator, source, answered_at, meta",
+}
+
+
+def _row_checksum(row: Sequence[Any]) -> str:
+    # a damaged record can read back as bytes where text was stored: hashed as such, it then fails the check
+    body = json.dumps(list(row), ensure_ascii=False, default=lambda v: f"<{type(v).__name__}>{v!r}")
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()[:16]
+
+
+def _stamp(conn: sqlite3.Connection, table: str, row_id: int | None) -> None:
+    """Inside a write: store the checksum of the row just inserted."""
+    assert row_id is not None
+    row = conn.execute(f"SELECT {_CHECKSUMMED[table]} FROM {table} WHERE id = ?", (row_id,)).fetchone()
+    conn.execute(f"UPDATE {table} SET checksum = ? WHERE id = ?", (_row_checksum(row), row_id))
 
 
 _QUERY_COLUMNS = "q.id, q.kind, q.prompt, q.completion_a, q.completion_b, q.scale, q.requested_by, q.created_at, q.meta"
@@ -677,10 +710,11 @@ class PreferenceStore(PreferenceBackend):
                     if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
                         raise
                     time.sleep(0.05)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             conn.close()
             if _looks_like_sqlite(self.path):
-                raise DamagedStoreError(_damaged_message(self.location, str(exc))) from None
+                detail = str(exc) if isinstance(exc, sqlite3.Error) else "its table of contents is not text"
+                raise DamagedStoreError(_damaged_message(self.location, detail)) from None
             raise PreferenceStoreError(
                 f"{self.location!r} is not a preference store database ({exc}); give the path of a store created "
                 f"by rlhf_gym, or a new file name") from None
@@ -759,6 +793,8 @@ class PreferenceStore(PreferenceBackend):
                     (row["key"], row["kind"], row["prompt"], row["completion_a"], row["completion_b"], row["scale"],
                      row["requested_by"], row["created_at"], json.dumps(row["meta"], ensure_ascii=False)))
                 ids.append(cur.lastrowid if cur.rowcount == 1 else None)
+                if cur.rowcount == 1:
+                    _stamp(conn, "queries", cur.lastrowid)
         return ids
 
     def find(self, prompt: str, completion_a: str, completion_b: str | None = None, *,
@@ -912,6 +948,7 @@ class PreferenceStore(PreferenceBackend):
                     f"query {query_id} was already answered by {who[0] if who else 'someone'!r}; undo that answer "
                     f"first to change it") from None
             answer_id = cur.lastrowid
+            _stamp(conn, "answers", answer_id)
             conn.execute("DELETE FROM leases WHERE query_id = ?", (int(query_id),))
         assert answer_id is not None
         return Answer(answer_id, int(query_id), choice, value, annotator, source, now, dict(meta or {}))
@@ -980,11 +1017,13 @@ class PreferenceStore(PreferenceBackend):
                 if cur.rowcount != 1:
                     duplicates += 1
                     continue
-                conn.execute(
+                _stamp(conn, "queries", cur.lastrowid)
+                cur = conn.execute(
                     "INSERT INTO answers (query_id, choice, label, annotator, source, answered_at, meta) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (cur.lastrowid, ans["choice"], ans["label"], ans["annotator"], ans["source"],
                      ans["answered_at"], json.dumps(ans["meta"], ensure_ascii=False)))
+                _stamp(conn, "answers", cur.lastrowid)
                 added += 1
         return ImportResult(added, duplicates)
 
@@ -1004,6 +1043,16 @@ class PreferenceStore(PreferenceBackend):
         if result != "ok":
             raise DamagedStoreError(_damaged_message(self.location, f"SQLite's integrity check reports: "
                                                                     f"{result[:300]}"))
+        with self._read() as conn:
+            orphans = conn.execute("PRAGMA foreign_key_check").fetchall()
+            if orphans:
+                raise DamagedStoreError(_damaged_message(
+                    self.location, f"{len(orphans)} row(s) of {orphans[0][0]} point at a query that is not there"))
+            for table in ("queries", "answers"):
+                for row in conn.execute(f"SELECT {_CHECKSUMMED[table]}, checksum FROM {table}"):
+                    if _row_checksum(row[:-1]) != row[-1]:
+                        raise DamagedStoreError(_damaged_message(
+                            self.location, f"the stored {table[:-1]} {row[0]} does not match its checksum"))
 
 
 _HOST = socket.gethostname()
@@ -1037,11 +1086,17 @@ def _damaged_message(location: str, detail: str) -> str:
             f"recovered.db` and use recovered.db")
 
 
+#: what reading a damaged file raises: SQLite's errors, text that is no longer UTF-8, extras that are no longer JSON
+_DAMAGE_ERRORS = (sqlite3.Error, UnicodeDecodeError, json.JSONDecodeError)
+
+
 def _as_store_error(exc: Exception, location: str) -> PreferenceStoreError:
     """A SQLite error met while reading or writing an open store, as the store error that says what to do."""
     text = str(exc)
     if isinstance(exc, json.JSONDecodeError):
         return DamagedStoreError(_damaged_message(location, f"a stored row's extras are not JSON: {exc.msg}"))
+    if isinstance(exc, UnicodeDecodeError):
+        return DamagedStoreError(_damaged_message(location, "a stored text is no longer UTF-8"))
     if isinstance(exc, sqlite3.DatabaseError) and any(
             w in text for w in ("malformed", "not a database", "corrupt", "disk I/O", "no such", "decode")):
         return DamagedStoreError(_damaged_message(location, text))
@@ -1064,7 +1119,7 @@ class _Read:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         self.store._lock.release()
-        if isinstance(exc, (sqlite3.Error, json.JSONDecodeError)):
+        if isinstance(exc, _DAMAGE_ERRORS):
             raise _as_store_error(exc, self.store.location) from None
 
 
@@ -1095,12 +1150,12 @@ class _WriteTransaction:
         try:
             try:
                 self.store.conn.execute("ROLLBACK" if exc_type else "COMMIT")
-            except sqlite3.Error as failed:
+            except _DAMAGE_ERRORS as failed:
                 if exc is None:
                     raise _as_store_error(failed, self.store.location) from None
         finally:
             self.store._lock.release()
-        if isinstance(exc, (sqlite3.Error, json.JSONDecodeError)):
+        if isinstance(exc, _DAMAGE_ERRORS):
             raise _as_store_error(exc, self.store.location) from None
 
 

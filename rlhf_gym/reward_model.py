@@ -529,6 +529,7 @@ def load_preference_pairs(data: Any, include_ties: bool = True) -> list[dict[str
             if not path.is_file():
                 raise RewardModelError(f"preference store {str(path)!r} does not exist")
             with PreferenceStore(path) as store:
+                store.verify()  # never train on a damaged store: a bad page can hide pairs from a read that works
                 rows = store.pairs(include_ties=include_ties)
         elif suffix in FILE_SUFFIXES:
             rows = _pairs_from_file(path, include_ties)
@@ -537,6 +538,7 @@ def load_preference_pairs(data: Any, include_ties: bool = True) -> list[dict[str
                 f"cannot read preferences from {str(path)!r}: give a preference store ({', '.join(STORE_SUFFIXES)}) "
                 f"or a TRL-format file with prompt/chosen/rejected columns ({', '.join(FILE_SUFFIXES)})")
     elif isinstance(data, PreferenceBackend):
+        data.verify()
         rows = data.pairs(include_ties=include_ties)
     elif hasattr(data, "column_names") and hasattr(data, "__iter__"):
         missing = [c for c in ("prompt", "chosen", "rejected") if c not in data.column_names]
