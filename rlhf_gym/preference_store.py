@@ -45,6 +45,7 @@ Example:
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
 import json
 import math
@@ -91,6 +92,8 @@ class UnknownQueryError(PreferenceStoreError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+#: the most often a store copies its write-ahead log into the database file after writing answers (seconds)
+CHECKPOINT_EVERY_S = 1.0
 #: seconds a claimed query stays reserved for its labeller without an answer (see PreferenceBackend.claim)
 DEFAULT_LEASE_S = 600.0
 
@@ -689,6 +692,8 @@ class PreferenceStore(PreferenceBackend):
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0):
         self.path = Path(path)
         self.location = str(self.path)
+        self._timeout = timeout
+        self._checkpointed_at = -math.inf
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         if self.path.is_dir():
@@ -766,8 +771,27 @@ class PreferenceStore(PreferenceBackend):
         with self._read() as conn:
             return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
-    def _write(self) -> _WriteTransaction:
-        return _WriteTransaction(self)
+    def _write(self, durable: bool = False) -> _WriteTransaction:
+        return _WriteTransaction(self, durable)
+
+    def _settle(self) -> None:
+        """After a write of labels or queries: copy the log into the database file (a passive checkpoint, at most
+        once per :data:`CHECKPOINT_EVERY_S`: every answer a person gives), so the file alone holds the answers; and
+        if the write-ahead log was deleted under this connection, open a new connection, whose log other processes
+        can see (closing the old one copies the deleted log into the file first)."""
+        now = time.monotonic()
+        if now - self._checkpointed_at >= CHECKPOINT_EVERY_S:
+            self._checkpointed_at = now
+            # the write is committed in the log either way; a busy checkpoint is retried later
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        if not os.path.exists(f"{self.path}-wal"):
+            old, self._conn = self._conn, None
+            if old is not None:
+                old.close()  # the last connection to the deleted log: SQLite copies it into the file first
+            conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
+            self._initialise(conn, self._timeout)
+            self._conn = conn
 
     def _read(self) -> _Read:
         return _Read(self)
@@ -785,7 +809,7 @@ class PreferenceStore(PreferenceBackend):
     def add_queries(self, queries: Iterable[Mapping[str, Any]], *, requested_by: str = "unknown") -> list[int | None]:
         prepared = [_prepare_query(q, requested_by) for q in queries]
         ids: list[int | None] = []
-        with self._write() as conn:
+        with self._write(durable=True) as conn:
             for row in prepared:
                 cur = conn.execute(
                     "INSERT INTO queries (key, kind, prompt, completion_a, completion_b, scale, requested_by, "
@@ -831,7 +855,7 @@ class PreferenceStore(PreferenceBackend):
         ids = [int(i) for i in query_ids]
         if not ids:
             return 0
-        with self._write() as conn:
+        with self._write(durable=True) as conn:
             cur = conn.execute(
                 f"DELETE FROM queries WHERE id IN ({_id_list(ids)}) "
                 "AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = queries.id)")
@@ -920,7 +944,7 @@ class PreferenceStore(PreferenceBackend):
                meta: Mapping[str, Any] | None = None, session: str | None = None) -> Answer:
         if not annotator:
             raise ValueError("answer() needs an annotator id (who gave the answer)")
-        with self._write() as conn:
+        with self._write(durable=True) as conn:
             row = conn.execute("SELECT kind, scale FROM queries WHERE id = ?", (int(query_id),)).fetchone()
             if row is None:
                 raise UnknownQueryError(f"no query {query_id} in {self.location!r} (never added, or withdrawn)")
@@ -954,7 +978,7 @@ class PreferenceStore(PreferenceBackend):
         return Answer(answer_id, int(query_id), choice, value, annotator, source, now, dict(meta or {}))
 
     def undo_last(self, annotator: str) -> Query | None:
-        with self._write() as conn:
+        with self._write(durable=True) as conn:
             row = conn.execute("SELECT id, query_id FROM answers WHERE annotator = ? ORDER BY id DESC LIMIT 1",
                                (annotator,)).fetchone()
             if row is None:
@@ -1005,7 +1029,7 @@ class PreferenceStore(PreferenceBackend):
 
     def _insert_answered(self, rows: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> ImportResult:
         added = duplicates = 0
-        with self._write() as conn:
+        with self._write(durable=True) as conn:
             for query, ans in rows:
                 prepared = _prepare_query(query, query["requested_by"])
                 cur = conn.execute(
@@ -1126,8 +1150,9 @@ class _Read:
 class _WriteTransaction:
     """``with store._write() as conn``: the thread lock plus one ``BEGIN IMMEDIATE`` … ``COMMIT``."""
 
-    def __init__(self, store: PreferenceStore):
+    def __init__(self, store: PreferenceStore, durable: bool = False):
         self.store = store
+        self.durable = durable
 
     def __enter__(self) -> sqlite3.Connection:
         self.store._lock.acquire()
@@ -1150,6 +1175,8 @@ class _WriteTransaction:
         try:
             try:
                 self.store.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+                if self.durable and exc_type is None:
+                    self.store._settle()
             except _DAMAGE_ERRORS as failed:
                 if exc is None:
                     raise _as_store_error(failed, self.store.location) from None
