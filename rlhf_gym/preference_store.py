@@ -92,7 +92,8 @@ class UnknownQueryError(PreferenceStoreError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-#: the most often a store copies its write-ahead log into the database file after writing answers (seconds)
+#: the most often a store copies its write-ahead log into the database file after bulk writes (seconds); an answer
+#: from a labelling session (``answer(..., session=...)``) is copied at once
 CHECKPOINT_EVERY_S = 1.0
 #: seconds a claimed query stays reserved for its labeller without an answer (see PreferenceBackend.claim)
 DEFAULT_LEASE_S = 600.0
@@ -694,6 +695,7 @@ class PreferenceStore(PreferenceBackend):
         self.location = str(self.path)
         self._timeout = timeout
         self._checkpointed_at = -math.inf
+        self._logs: tuple[int | None, int | None] | None = None  # inodes of the -wal and -shm files in use
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         if self.path.is_dir():
@@ -717,9 +719,12 @@ class PreferenceStore(PreferenceBackend):
                     time.sleep(0.05)
         except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             conn.close()
+            if isinstance(exc, UnicodeDecodeError):
+                raise DamagedStoreError(_damaged_message(self.location, "its table list is not text")) from None
             if _looks_like_sqlite(self.path):
-                detail = str(exc) if isinstance(exc, sqlite3.Error) else "its table of contents is not text"
-                raise DamagedStoreError(_damaged_message(self.location, detail)) from None
+                error = _as_store_error(exc, self.location)
+                raise (error if type(error) is not PreferenceStoreError or "I/O" in str(error)
+                       else DamagedStoreError(_damaged_message(self.location, str(exc)))) from None
             raise PreferenceStoreError(
                 f"{self.location!r} is not a preference store database ({exc}); give the path of a store created "
                 f"by rlhf_gym, or a new file name") from None
@@ -771,27 +776,33 @@ class PreferenceStore(PreferenceBackend):
         with self._read() as conn:
             return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
-    def _write(self, durable: bool = False) -> _WriteTransaction:
-        return _WriteTransaction(self, durable)
+    def _write(self, durable: bool = False, urgent: bool = False) -> _WriteTransaction:
+        return _WriteTransaction(self, durable, urgent)
 
-    def _settle(self) -> None:
-        """After a write of labels or queries: copy the log into the database file (a passive checkpoint, at most
-        once per :data:`CHECKPOINT_EVERY_S`: every answer a person gives), so the file alone holds the answers; and
-        if the write-ahead log was deleted under this connection, open a new connection, whose log other processes
-        can see (closing the old one copies the deleted log into the file first)."""
+    def _settle(self, urgent: bool = False) -> None:
+        """After a write of labels or queries: copy the log into the database file (a passive checkpoint: at once
+        for an answer from a labelling session, else at most once per :data:`CHECKPOINT_EVERY_S`), so the file
+        alone holds the answers; and
+        if the write-ahead log or its index (-wal, -shm) was deleted or replaced under this connection, open a new
+        connection, whose files other processes can see (closing the old one copies the old log into the file
+        first)."""
         now = time.monotonic()
-        if now - self._checkpointed_at >= CHECKPOINT_EVERY_S:
+        if urgent or now - self._checkpointed_at >= CHECKPOINT_EVERY_S:
             self._checkpointed_at = now
             # the write is committed in the log either way; a busy checkpoint is retried later
             with contextlib.suppress(sqlite3.Error):
                 self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        if not os.path.exists(f"{self.path}-wal"):
+        logs = _log_files(self.path)
+        if self._logs is None:
+            self._logs = logs  # the files this connection writes through
+        elif logs != self._logs:  # deleted or replaced under this connection
             old, self._conn = self._conn, None
             if old is not None:
-                old.close()  # the last connection to the deleted log: SQLite copies it into the file first
+                old.close()  # this process's last connection to the old log: SQLite copies it into the file first
             conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
             self._initialise(conn, self._timeout)
             self._conn = conn
+            self._logs = _log_files(self.path)
 
     def _read(self) -> _Read:
         return _Read(self)
@@ -944,7 +955,7 @@ class PreferenceStore(PreferenceBackend):
                meta: Mapping[str, Any] | None = None, session: str | None = None) -> Answer:
         if not annotator:
             raise ValueError("answer() needs an annotator id (who gave the answer)")
-        with self._write(durable=True) as conn:
+        with self._write(durable=True, urgent=session is not None) as conn:
             row = conn.execute("SELECT kind, scale FROM queries WHERE id = ?", (int(query_id),)).fetchone()
             if row is None:
                 raise UnknownQueryError(f"no query {query_id} in {self.location!r} (never added, or withdrawn)")
@@ -1065,8 +1076,10 @@ class PreferenceStore(PreferenceBackend):
         """
         result = self.integrity_check()
         if result != "ok":
-            raise DamagedStoreError(_damaged_message(self.location, f"SQLite's integrity check reports: "
-                                                                    f"{result[:300]}"))
+            problems = [p for p in result.split("; ") if not p.startswith("***")]
+            more = f" and {len(problems) - 2} more" if len(problems) > 2 else ""
+            raise DamagedStoreError(_damaged_message(
+                self.location, f"SQLite's integrity check reports: {'; '.join(problems[:2])[:300]}{more}"))
         with self._read() as conn:
             orphans = conn.execute("PRAGMA foreign_key_check").fetchall()
             if orphans:
@@ -1095,6 +1108,17 @@ def _dead(host: Any, pid: Any) -> bool:
     return False
 
 
+def _log_files(path: Path) -> tuple[int | None, int | None]:
+    """The inodes of a store's -wal and -shm files (``None`` for a missing one)."""
+    out: list[int | None] = []
+    for suffix in ("-wal", "-shm"):
+        try:
+            out.append(os.stat(f"{path}{suffix}").st_ino)
+        except OSError:
+            out.append(None)
+    return out[0], out[1]
+
+
 def _looks_like_sqlite(path: Path) -> bool:
     """Whether the file starts with SQLite's header (so an error opening it means damage, not a foreign file)."""
     try:
@@ -1105,8 +1129,9 @@ def _looks_like_sqlite(path: Path) -> bool:
 
 
 def _damaged_message(location: str, detail: str) -> str:
-    return (f"preference store {location!r} is damaged ({detail}); nothing was read from or written to it. Restore "
-            f"it from a backup, or salvage the readable rows with `sqlite3 {location} .recover | sqlite3 "
+    detail = " ".join(detail.split())  # one line, whatever SQLite said
+    return (f"preference store {location!r} is damaged ({detail}); its rows cannot be trusted, so it is not used. "
+            f"Restore it from a backup, or salvage the readable rows with `sqlite3 {location} .recover | sqlite3 "
             f"recovered.db` and use recovered.db")
 
 
@@ -1121,8 +1146,13 @@ def _as_store_error(exc: Exception, location: str) -> PreferenceStoreError:
         return DamagedStoreError(_damaged_message(location, f"a stored row's extras are not JSON: {exc.msg}"))
     if isinstance(exc, UnicodeDecodeError):
         return DamagedStoreError(_damaged_message(location, "a stored text is no longer UTF-8"))
+    if "disk I/O" in text:
+        return PreferenceStoreError(
+            f"preference store {location!r} could not be read or written (disk I/O error): the disk failed or is "
+            f"full, or its -wal/-shm files were removed while a program had it open. Try again once the programs "
+            f"using it have written or closed (an open one writes its answers back), and keep those files in place")
     if isinstance(exc, sqlite3.DatabaseError) and any(
-            w in text for w in ("malformed", "not a database", "corrupt", "disk I/O", "no such", "decode")):
+            w in text for w in ("malformed", "not a database", "corrupt", "no such", "decode")):
         return DamagedStoreError(_damaged_message(location, text))
     return PreferenceStoreError(f"preference store {location!r} failed: {text}")
 
@@ -1150,9 +1180,10 @@ class _Read:
 class _WriteTransaction:
     """``with store._write() as conn``: the thread lock plus one ``BEGIN IMMEDIATE`` … ``COMMIT``."""
 
-    def __init__(self, store: PreferenceStore, durable: bool = False):
+    def __init__(self, store: PreferenceStore, durable: bool = False, urgent: bool = False):
         self.store = store
         self.durable = durable
+        self.urgent = urgent
 
     def __enter__(self) -> sqlite3.Connection:
         self.store._lock.acquire()
@@ -1176,7 +1207,7 @@ class _WriteTransaction:
             try:
                 self.store.conn.execute("ROLLBACK" if exc_type else "COMMIT")
                 if self.durable and exc_type is None:
-                    self.store._settle()
+                    self.store._settle(self.urgent)
             except _DAMAGE_ERRORS as failed:
                 if exc is None:
                     raise _as_store_error(failed, self.store.location) from None
