@@ -167,7 +167,7 @@ def create_app(store: PreferenceBackend, *, token: str, annotator: str, kind: st
     if not token:
         raise ValueError("the labelling page needs a non-empty access token")
     app = Flask("rlhf_gym.live.web", static_folder=str(STATIC_DIR), template_folder=str(STATIC_DIR))
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1  # a longer body reads as over the limit (413)
     rng = random.Random(seed)
     server_id = secrets.token_hex(4)
     origins = {f"http://{h}:{port}" for h in LOCAL_HOSTS} if port is not None else None
@@ -188,6 +188,11 @@ def create_app(store: PreferenceBackend, *, token: str, annotator: str, kind: st
     @app.errorhandler(PreferenceStoreError)
     def _on_store(exc: PreferenceStoreError) -> Response:
         return refused(503, str(exc))
+
+    @app.errorhandler(Exception)
+    def _on_bug(exc: Exception) -> Response:  # a fault of this code, not of the request: logged, one line back
+        app.logger.exception("labelling page error")
+        return refused(500, f"internal error ({type(exc).__name__}); every answer already confirmed is saved")
 
     @app.before_request
     def _check_request() -> Response | None:
