@@ -700,7 +700,11 @@ class PreferenceStore(PreferenceBackend):
         self._conn: sqlite3.Connection | None = None
         if self.path.is_dir():
             raise PreferenceStoreError(f"preference store {self.location!r} is a folder; give a file path")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PreferenceStoreError(f"cannot create the folder of preference store {self.location!r}: "
+                                       f"{exc.strerror or exc}; give a path in a folder you can write") from None
         try:
             conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:

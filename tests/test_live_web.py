@@ -188,3 +188,47 @@ def test_headless_browser_labels_by_click_and_keyboard(served: tuple[PreferenceS
     assert stored["rate this"][1] == 4.0
     assert {(s, a) for _, _, s, a in stored.values()} == {("web", "web-ann")}
     assert store.stats()["skip"] == 0
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)),
+                    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+def test_headless_browser_shows_escapes_names_the_key_and_survives_a_dead_server(tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    store = PreferenceStore(tmp_path / "prefs.db")
+    pair = store.add_query("clear \x1b[2J\x1b]0;title\x07 me", "alpha \u202eevil", "omega\u200b text")
+    store.add_query("rate this", "a completion to rate", scale=5)
+    server = WebLabelServer(store, annotator="web-ann", port=0).start()
+    driver = _browser(tmp_path)
+    try:
+        wait = WebDriverWait(driver, 20)
+        driver.get(server.url)
+        body = driver.find_element(By.TAG_NAME, "body")
+        wait.until(lambda d: body.get_attribute("data-query-id") == str(pair))
+        assert driver.find_element(By.ID, "prompt").text == "clear \\x1b[2J\\x1b]0;title\\x07 me"
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#prompt .ctl")) == 3
+        left = driver.find_element(By.CSS_SELECTOR, "#side-left .text").text
+        assert left in ("alpha \\u202eevil", "omega\\u200b text")
+        body.send_keys("a")  # left is better, whichever stored side it is
+        wait.until(lambda d: body.get_attribute("data-query-id") != str(pair))
+        assert f"saved: query {pair} → you pressed a (left is better)" in driver.find_element(By.ID, "status").text
+        assert store.answers()[0].choice == ("a" if left.startswith("alpha") else "b")
+        # a rating: its own heading, the best end named
+        assert driver.find_element(By.ID, "heading").text == "How good is this answer? 1 = worst, 5 = best"
+        assert driver.find_element(By.ID, "btn-rate-5").text == "5 (best)"
+        port, old_url = server.port, server.url
+        server.stop()  # the server dies with the rating on screen
+        body.send_keys("4")
+        wait.until(lambda d: "not reachable" in d.find_element(By.ID, "status").text)
+        assert "NOT saved" in driver.find_element(By.ID, "status").text
+        server = WebLabelServer(store, annotator="web-ann", port=port).start()  # restarted: a new token
+        driver.get(old_url)
+        assert "out of date" in driver.find_element(By.TAG_NAME, "h1").text
+        assert "labelling page: http://127.0.0.1:PORT/?token=" in driver.find_element(By.TAG_NAME, "body").text
+    finally:
+        driver.quit()
+        server.stop()
+    assert len(store.answers()) == 1
+    store.close()

@@ -42,6 +42,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from rlhf_gym.errors import ConfigError
+from rlhf_gym.live.visible import visible
 from rlhf_gym.preference_store import (
     AlreadyAnsweredError,
     LeasedElsewhereError,
@@ -240,7 +241,7 @@ def create_app(store: PreferenceBackend, *, token: str, annotator: str, kind: st
 
     @app.get("/")
     def page() -> str:
-        return render_template("label.html", token=token, annotator=annotator)
+        return render_template("label.html", token=token, annotator=visible(annotator))
 
     @app.get("/api/next")
     def next_query() -> Any:
