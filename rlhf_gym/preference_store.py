@@ -887,10 +887,11 @@ class PreferenceStore(PreferenceBackend):
         if filters is None:
             return None
         now = time.time()
-        sql = (f"SELECT {_QUERY_COLUMNS}, (l.holder IS ? AND l.session IS ?) AS mine FROM queries q "
+        # a lease taken without a session (before sessions existed) belongs to the labeller's every session
+        sql = (f"SELECT {_QUERY_COLUMNS}, (l.holder IS ? AND l.session IN (?, '')) AS mine FROM queries q "
                "LEFT JOIN answers a ON a.query_id = q.id LEFT JOIN leases l ON l.query_id = q.id "
-               "WHERE a.id IS NULL AND (l.query_id IS NULL OR l.expires_at <= ? OR (l.holder = ? AND l.session = ?))"
-               + filters[0])
+               "WHERE a.id IS NULL AND (l.query_id IS NULL OR l.expires_at <= ? OR "
+               "(l.holder = ? AND l.session IN (?, '')))" + filters[0])
         params: list[Any] = [holder, session, now, holder, session, *filters[1]]
         skip = [int(i) for i in exclude]
         if skip:
@@ -968,7 +969,7 @@ class PreferenceStore(PreferenceBackend):
                 lease = conn.execute("SELECT holder, session, host, pid FROM leases WHERE query_id = ? AND "
                                      "expires_at > ?", (int(query_id), time.time())).fetchone()
                 answered = conn.execute("SELECT 1 FROM answers WHERE query_id = ?", (int(query_id),)).fetchone()
-                if (lease is not None and answered is None and (lease[0], lease[1]) != (annotator, session)
+                if (lease is not None and answered is None and not (lease[0] == annotator and lease[1] in (session, ""))
                         and not _dead(lease[2], lease[3])):
                     whose = "your other labelling session" if lease[0] == annotator else repr(lease[0])
                     raise LeasedElsewhereError(

@@ -200,8 +200,9 @@ def test_a_v3_store_with_answers_migrates_keeping_every_label(tmp_path: Path) ->
         (lease,) = store.leases()
         assert (lease.query_id, lease.holder, lease.session) == (5, "old-ann", "")
         assert store.claim("someone", session="x") is None
-        assert store.claim("old-ann").id == 5  # type: ignore[union-attr]
-        store.answer(5, "a", annotator="old-ann", source="test", session="")
+        assert store.claim("old-ann", session="terminal:1").id == 5  # type: ignore[union-attr]
+        assert store.claim("old-ann", session="terminal:2") is None  # now that terminal's own
+        store.answer(5, "a", annotator="old-ann", source="test", session="terminal:1")
         store.verify()
 
 
