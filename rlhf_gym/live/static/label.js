@@ -94,7 +94,7 @@ function render(query) {
   document.body.dataset.queryId = query ? String(query.id) : "";
   $("#question").classList.toggle("hidden", !query);
   $("#empty").classList.toggle("hidden", !!query);
-  if (!query) return;
+  if (!query) { $("#heading").textContent = "Which answer is better?"; return; }
   showText($("#prompt"), query.prompt);
   const pair = query.kind === "compare";
   $("#heading").textContent = pair ? "Which answer is better?"
