@@ -205,3 +205,28 @@ def test_label_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
     assert "\x1b" not in err
     assert not (tmp_path / "store.db").exists() or setup not in ("none",)
+
+
+def test_a_slow_answer_keeps_its_query_and_is_stored(tmp_path: Path) -> None:
+    import pty
+    import threading
+    import time
+
+    master, slave = pty.openpty()
+    with PreferenceStore(tmp_path / "p.db") as store, os.fdopen(slave, "r") as stdin:
+        (qid,) = store.add_queries([{"prompt": "slow", "completion_a": "x", "completion_b": "y"}])
+        labeler = TerminalLabeler(store, annotator="ann", stdin=stdin, lease_s=0.3,
+                                  console=Console(file=io.StringIO()))
+        result: list[object] = []
+        thread = threading.Thread(target=lambda: result.append(labeler.run()))
+        thread.start()
+        try:
+            time.sleep(1.2)  # four lease lengths of thinking: renewed all along, so nobody else is given it
+            assert store.claim("ann", session="another-tab") is None
+            assert store.claim("bob", session="bob-1") is None
+            os.write(master, b"t\n")
+            thread.join(timeout=10)
+        finally:
+            os.close(master)
+        assert [(a.query_id, a.choice) for a in store.answers()] == [(qid, "tie")]
+        assert result and result[0].answered == [qid]  # type: ignore[attr-defined]

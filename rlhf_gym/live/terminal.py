@@ -35,6 +35,7 @@ from rich.text import Text
 from rlhf_gym.errors import RLHFGymError
 from rlhf_gym.live.visible import visible, visible_text
 from rlhf_gym.preference_store import (
+    DEFAULT_LEASE_S,
     AlreadyAnsweredError,
     LeasedElsewhereError,
     PreferenceBackend,
@@ -46,7 +47,7 @@ from rlhf_gym.preference_store import (
 WAIT_FOR_OTHERS_S = 0.5
 #: how often ``follow`` mode looks for new queries (seconds)
 FOLLOW_POLL_S = 0.5
-#: how often the lease on the query on screen is renewed while the person thinks (seconds; leases last 600)
+#: the longest time between renewals of the lease on the query on screen while the person thinks (seconds)
 RENEW_EVERY_S = 60.0
 PAIR_HELP = "a = A is better · b = B is better · t = tie · s = skip/can't tell · u = undo last · q = quit"
 
@@ -124,11 +125,14 @@ class TerminalLabeler:
         seed: seeds the side shuffling (default: fresh randomness).
         source: recorded with each answer as the front-end that produced it.
         follow: when the queue is empty, wait for new queries (live training) instead of returning.
+        lease_s: how long the query on screen stays reserved without renewal; it is renewed every third of that
+            (at most every :data:`RENEW_EVERY_S`) while the person thinks.
     """
 
     def __init__(self, store: PreferenceBackend, *, annotator: str, kind: str | None = None,
                  time_limit: float | None = None, stdin: IO[Any] | None = None, console: Console | None = None,
-                 seed: int | None = None, source: str = "terminal", follow: bool = False):
+                 seed: int | None = None, source: str = "terminal", follow: bool = False,
+                 lease_s: float = DEFAULT_LEASE_S):
         if time_limit is not None and time_limit <= 0:
             raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit}")
         self.store = store
@@ -140,8 +144,12 @@ class TerminalLabeler:
         self.rng = random.Random(seed)
         self.source = source
         self.follow = follow
+        if not lease_s > 0:
+            raise ValueError(f"lease_s must be a positive number of seconds, got {lease_s}")
+        self.lease_s = lease_s
         #: this labelling session: two terminals of one annotator lease different queries
         self.session = f"terminal:{secrets.token_hex(6)}"
+        self._renewed_at = 0.0  # when the lease on the query on screen was last taken or renewed
 
     def run(self, query_ids: Iterable[int] | None = None, *, deadline: float | None = None,
             enough: Callable[[], bool] | None = None) -> SessionSummary:
@@ -173,7 +181,7 @@ class TerminalLabeler:
                 break
             # Leased to this session: other labellers, and this labeller's other terminals and tabs, are not shown it.
             query = self.store.claim(self.annotator, session=self.session, kind=self.kind, query_ids=ids,
-                                     exclude=summary.timed_out, prefer=ask_first)
+                                     exclude=summary.timed_out, prefer=ask_first, lease_s=self.lease_s)
             ask_first = None
             if query is None:
                 queue = [q for q in self.store.pending(kind=self.kind, query_ids=ids)
@@ -204,8 +212,7 @@ class TerminalLabeler:
             left = len(self.store.pending(kind=self.kind, query_ids=ids))
             swapped = query.kind == "compare" and self.rng.random() < 0.5
             self._show(query, swapped, done=len(summary.answered), left=left)
-            shown_at = time.monotonic()
-            renewed_at = shown_at
+            shown_at = self._renewed_at = time.monotonic()
             while True:
                 limit = self.time_limit
                 if deadline is not None:
@@ -214,8 +221,7 @@ class TerminalLabeler:
                 if limit is not None:
                     limit = max(0.0, limit - (time.monotonic() - shown_at))
                 self.console.print(self._ask_line(query), end="")
-                line = self._read_renewing(reader, query, limit, renewed_at)
-                renewed_at = time.monotonic()
+                line = self._read_renewing(reader, query, limit)
                 if line is None:
                     self.console.print()
                     self.console.print("[yellow]time's up — the question stays in the queue[/]")
@@ -269,20 +275,19 @@ class TerminalLabeler:
                                f"session{others})")
         return summary
 
-    def _read_renewing(self, reader: _LineReader, query: Query, limit: float | None,
-                       renewed_at: float) -> str | None:
+    def _read_renewing(self, reader: _LineReader, query: Query, limit: float | None) -> str | None:
         """Read the answer line within ``limit`` seconds, renewing this session's lease on ``query`` while the
         person thinks, so a slow answer is never refused because the query went to someone else meanwhile."""
         end = None if limit is None else time.monotonic() + limit
         while True:
-            wait = RENEW_EVERY_S - (time.monotonic() - renewed_at)
+            wait = min(RENEW_EVERY_S, self.lease_s / 3) - (time.monotonic() - self._renewed_at)
             if end is not None:
                 wait = min(wait, end - time.monotonic())
             line = reader.readline(max(0.0, wait))
             if line is not None or (end is not None and time.monotonic() >= end):
                 return line
-            self.store.renew(query.id, self.annotator, session=self.session)
-            renewed_at = time.monotonic()
+            self.store.renew(query.id, self.annotator, session=self.session, lease_s=self.lease_s)
+            self._renewed_at = time.monotonic()
 
     # -- drawing -------------------------------------------------------------------------------------------------
     def _show(self, query: Query, swapped: bool, done: int, left: int) -> None:
