@@ -232,3 +232,40 @@ def test_train_rm_and_label_refuse_a_damaged_store_with_one_error_line(
     assert label_main(["--store", str(torn), "--web", "--port", "0"]) == 2  # before any page is served
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "is damaged" in err, err
+
+
+_KILLED_LABELLER = textwrap.dedent("""
+    import sys, time
+    from rlhf_gym.preference_store import PreferenceStore
+    store = PreferenceStore(sys.argv[1])
+    for query in store.pending()[:30]:
+        store.answer(query.id, "b", annotator="person", source="web", session="tab-1")
+    print("done", flush=True)
+    time.sleep(60)                              # killed here: the log is left behind, never cleaned up
+""")
+
+
+def test_a_damaged_log_left_by_a_killed_labeller_loses_no_answer(tmp_path: Path) -> None:
+    # Answers from a labelling session reach the database file at once, so flipped bytes in the write-ahead log
+    # (whose frames SQLite then ignores from the damaged one on) cannot take any of them away.
+    path = tmp_path / "prefs.db"
+    _build(path, n=50, answered=0)
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_LABELLER, str(path)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.stdout is not None and proc.stdout.readline() == "done\n"
+    proc.kill()
+    proc.wait()
+    wal = Path(f"{path}-wal")
+    assert wal.stat().st_size > 0
+    rng = random.Random(99)
+    for trial in range(30):
+        folder = tmp_path / f"copy{trial}"
+        folder.mkdir()
+        for part in tmp_path.glob("prefs.db*"):
+            shutil.copy(part, folder / part.name)
+        log = bytearray((folder / wal.name).read_bytes())
+        for _ in range(rng.randint(1, 5)):
+            log[rng.randrange(len(log))] ^= 1 << rng.randrange(8)
+        (folder / wal.name).write_bytes(bytes(log))
+        answers, _ = _snapshot(folder / "prefs.db")
+        assert len(answers) == 30 and {a[2] for a in answers} == {"b"}, trial
