@@ -35,6 +35,7 @@ def load_records(source: Any, required: Sequence[str], *, what: str = "dataset")
             from rlhf_gym.preference_store import open_store
 
             with open_store(path) as store:
+                store.verify()  # never train on a damaged store: a bad page can hide pairs from a read that works
                 records = store.pairs()
         elif suffix in (".jsonl", ".json"):
             from rlhf_gym.preference_store import iter_jsonl

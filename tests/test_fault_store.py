@@ -224,6 +224,10 @@ def test_train_rm_and_label_refuse_a_damaged_store_with_one_error_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "damaged" in err and "answer 3" in err
     assert not (tmp_path / "rm").exists()
+    from rlhf_gym.data import load_records
+
+    with pytest.raises(DamagedStoreError, match="answer 3 does not match its checksum"):  # offline DPO/SFT data
+        load_records(path, ("prompt", "chosen", "rejected"))
 
     torn = tmp_path / "torn.db"
     data = bytearray(source.read_bytes())
