@@ -131,7 +131,8 @@ async function loadNext(saved = null) {
   render(data.query);
 }
 
-const MEANING = { a: "left is better", b: "right is better", t: "tie", s: "skip" };
+const MEANING = { a: "left is better", "←": "left is better", b: "right is better", "→": "right is better", t: "tie",
+  s: "skip" };
 
 // answer: what the server stores; pressed: the key (or button) the person used, named back to them
 async function send(answer, pressed) {
@@ -191,8 +192,8 @@ document.addEventListener("keydown", (event) => {
     return;
   }
   if (current.kind === "compare") {
-    if (key === "a" || key === "arrowleft") pick("left", "a");
-    else if (key === "b" || key === "arrowright") pick("right", "b");
+    if (key === "a" || key === "arrowleft") pick("left", key === "a" ? "a" : "←");
+    else if (key === "b" || key === "arrowright") pick("right", key === "b" ? "b" : "→");
     else if (key === "t") send("tie", "t");
     else if (key === "s") send("skip", "s");
   } else if (key === "s") {
