@@ -446,3 +446,31 @@ class DialogueVectorEnv(ProviderAwareSpec, VectorEnv):
     def close_extras(self, **kwargs: Any) -> None:
         """Close the providers and the user simulator."""
         self._setup.close()
+
+
+def dialogue_task(description: str | None = None, **defaults: Any) -> Any:
+    """A ``Dialogue-v0`` factory with a task's settings fixed, for ``register_environments``.
+
+    ``description`` is the one line ``rlhf-gym plugins`` shows. ``defaults`` are :class:`DialogueEnv` keyword arguments (scenarios, user simulator, rewards, turn limits);
+    those given to ``gym.make`` / ``gym.make_vec`` (the tokenizer, at least) are added and win. The factory's
+    ``vector_entry_point`` builds the native :class:`DialogueVectorEnv`.
+
+    Example:
+        >>> task = dialogue_task(scenarios=["Hi!"], reward=lambda p, c, **kw: [1.0] * len(c), max_turns=2)
+        >>> env = task(tokenizer=tokenizer_path)
+        >>> env.reset(seed=0)[1]["messages"]
+        [{'role': 'user', 'content': 'Hi!'}]
+    """
+    unknown = sorted(set(defaults) - set(DialogueEnv.__init__.__code__.co_varnames))
+    if unknown:
+        raise ConfigError(f"dialogue_task got unknown settings {unknown}; see DialogueEnv's arguments")
+
+    def make(**kwargs: Any) -> DialogueEnv:
+        return DialogueEnv(**{**defaults, **kwargs})
+
+    def make_vec(num_envs: int = 1, **kwargs: Any) -> DialogueVectorEnv:
+        return DialogueVectorEnv(num_envs=num_envs, **{**defaults, **kwargs})
+
+    make.vector_entry_point = make_vec  # type: ignore[attr-defined]
+    make.__doc__ = description or "A Dialogue-v0 task."
+    return make

@@ -156,8 +156,8 @@ def resolve_chat_template(tokenizer: Any, chat_template: str | None) -> str | No
 
 
 @dataclass
-class DialogueSetup:
-    """What a dialogue env needs, built once from its keyword arguments by :func:`build_dialogue_setup`.
+class ChatFormat:
+    """The tokenizer side of a chat env: rendering conversations, encoding them, decoding assistant turns.
 
     The field names the completion helpers of :mod:`rlhf_gym.envs.common` read (``tokenizer_size``,
     ``pad_token_id``, ``strip_pad``, ``max_new_tokens``, …) mean the same here, so assistant turns are decoded
@@ -165,10 +165,6 @@ class DialogueSetup:
     """
 
     tokenizer: Any
-    provider: RewardProvider | None
-    final_provider: RewardProvider | None
-    user: UserSimulator
-    scenarios: ScenarioSet
     vocab_size: int
     tokenizer_size: int
     pad_token_id: int
@@ -176,10 +172,7 @@ class DialogueSetup:
     strip_pad: bool
     max_context_tokens: int
     max_new_tokens: int
-    max_turns: int
-    reward_mode: str
-    chat_template: str | None
-    shuffle: bool
+    chat_template: str | None  #: ``None``: the tokenizer's own
 
     def __post_init__(self) -> None:
         self.batch_decode = _batch_decoder(self.tokenizer)
@@ -188,12 +181,6 @@ class DialogueSetup:
     def max_prompt_tokens(self) -> int:
         """The observation width (the same as ``max_context_tokens``)."""
         return self.max_context_tokens
-
-    @property
-    def deterministic(self) -> bool:
-        """False when a provider or the user simulator may answer the same input differently (a person)."""
-        parts = [self.user, self.provider, self.final_provider]
-        return all(bool(getattr(p, "deterministic", True)) for p in parts if p is not None)
 
     def render(self, conversations: Sequence[Sequence[Mapping[str, str]]]) -> list[str]:
         """Each conversation as text, ending with the generation prompt for the assistant's next turn."""
@@ -224,6 +211,45 @@ class DialogueSetup:
                 ids[i, width - len(row):] = row
                 mask[i, width - len(row):] = 1
         return ids, mask, lengths
+
+
+def build_chat_format(*, tokenizer: Any, max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
+                      max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, chat_template: str | None = None,
+                      vocab_size: int | None = None, model: Any = None) -> dict[str, Any]:
+    """The :class:`ChatFormat` fields from a chat env's keyword arguments (validated)."""
+    if tokenizer is None:
+        raise ConfigError("pass tokenizer= (a tokenizer name/path or object)")
+    max_context_tokens = _positive_int(max_context_tokens, "max_context_tokens")
+    max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
+    tok = load_tokenizer(tokenizer)
+    size = resolve_vocab_size(tok, vocab_size, model)
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    strip_pad = pad is not None
+    if pad is None:
+        pad = eos if eos is not None else 0
+    return {"tokenizer": tok, "vocab_size": size, "tokenizer_size": len(tok), "pad_token_id": int(pad),
+            "eos_token_id": None if eos is None else int(eos), "strip_pad": strip_pad,
+            "max_context_tokens": max_context_tokens, "max_new_tokens": max_new_tokens,
+            "chat_template": resolve_chat_template(tok, chat_template)}
+
+
+@dataclass
+class DialogueSetup(ChatFormat):
+    """What a dialogue env needs, built once from its keyword arguments by :func:`build_dialogue_setup`."""
+
+    provider: RewardProvider | None
+    final_provider: RewardProvider | None
+    user: UserSimulator
+    scenarios: ScenarioSet
+    max_turns: int
+    reward_mode: str
+    shuffle: bool
+
+    @property
+    def deterministic(self) -> bool:
+        """False when a provider or the user simulator may answer the same input differently (a person)."""
+        parts = [self.user, self.provider, self.final_provider]
+        return all(bool(getattr(p, "deterministic", True)) for p in parts if p is not None)
 
     def close(self) -> None:
         for part in (self.provider, self.final_provider, self.user):
@@ -270,15 +296,10 @@ def build_dialogue_setup(
     if missing:
         raise ConfigError(f"{env_name} needs " + "; ".join(missing))
     max_turns = _positive_int(max_turns, "max_turns")
-    max_context_tokens = _positive_int(max_context_tokens, "max_context_tokens")
-    max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
+    chat = build_chat_format(tokenizer=tokenizer, max_context_tokens=max_context_tokens,
+                             max_new_tokens=max_new_tokens, chat_template=chat_template, vocab_size=vocab_size,
+                             model=model)
     scenario_set = load_scenarios(scenarios)
-    tok = load_tokenizer(tokenizer)
-    size = resolve_vocab_size(tok, vocab_size, model)
-    eos, pad = tok.eos_token_id, tok.pad_token_id
-    strip_pad = pad is not None
-    if pad is None:
-        pad = eos if eos is not None else 0
     provider = as_provider(reward, reward_kwargs) if reward is not None else None
     final = provider
     if final_reward is not None:
@@ -286,20 +307,12 @@ def build_dialogue_setup(
     elif final_reward_kwargs:
         raise ConfigError("final_reward_kwargs only apply with final_reward=")
     return DialogueSetup(
-        tokenizer=tok,
+        **chat,
         provider=provider if reward_mode in ("turn", "both") else None,
         final_provider=final if reward_mode in ("final", "both") else None,
         user=as_user_simulator(user, user_kwargs),
         scenarios=scenario_set,
-        vocab_size=size,
-        tokenizer_size=len(tok),
-        pad_token_id=int(pad),
-        eos_token_id=None if eos is None else int(eos),
-        strip_pad=strip_pad,
-        max_context_tokens=max_context_tokens,
-        max_new_tokens=max_new_tokens,
         max_turns=max_turns,
         reward_mode=reward_mode,
-        chat_template=resolve_chat_template(tok, chat_template),
         shuffle=bool(shuffle),
     )
