@@ -68,7 +68,7 @@ class CallableUser(UserSimulator):
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
 
     def reply(self, conversations: list[Conversation], **row: Any) -> list[str | None]:
-        return list(self.fn(conversations, **row))
+        return self.fn(conversations, **row)  # checked by the caller (checked_replies)
 
 
 def as_user_simulator(user: Any, user_kwargs: Mapping[str, Any] | None = None) -> UserSimulator:

@@ -187,6 +187,8 @@ class ConversationBatch:
         for k, i in enumerate(replied):
             if overflow[k]:
                 truncated[i], ended_by[i] = True, "context"
+        # the last observation of a conversation that ended shows all of it
+        self._render([i for i in every if (terminated[i] or truncated[i]) and i not in replied])
 
         # judge finished conversations as a whole (one call)
         done = [i for i in every if terminated[i] or truncated[i]]
