@@ -29,6 +29,7 @@ class RunOptions:
     """What ``rlhf-gym train`` needs beyond the algorithm's own config."""
 
     algo: str = "ppo"
+    env: str | None = None
     reward: str = "simulated-human"
     reward_kwargs: dict[str, Any] = field(default_factory=dict)
     model: str | None = None
@@ -46,6 +47,8 @@ class RunOptions:
 
 RUN_OPTION_HELP = {
     "algo": "algorithm name (see `rlhf-gym plugins`)",
+    "env": "train on this registered environment id (a plugin's task, see `rlhf-gym plugins --kind environment`); "
+           "the task brings its prompts and reward, --prompts/--reward are then not used",
     "reward": "reward provider name (see `rlhf-gym plugins`)",
     "reward_kwargs": "JSON object of keyword arguments for the reward provider",
     "model": "policy to train: hub id or local directory (default: the tiny kit, after SFT)",
@@ -66,6 +69,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     help_text = {key: text if getattr(defaults, key) in (None, {}, "") else f"{text} (default: {getattr(defaults, key)})"
                  for key, text in RUN_OPTION_HELP.items()}
     parser.add_argument("--algo", help=help_text["algo"])
+    parser.add_argument("--env", help=help_text["env"])
     parser.add_argument("--reward", help=help_text["reward"])
     parser.add_argument("--reward-kwargs", dest="reward_kwargs", help=help_text["reward_kwargs"])
     parser.add_argument("--model", help=help_text["model"])
@@ -197,11 +201,29 @@ def prepare_policy(opts: RunOptions, run_dir: Path, progress: bool):
     return policy, prompts
 
 
+def check_env_id(env_id: str) -> None:
+    """Fail early, naming the close matches, when ``--env`` is not a registered Gymnasium id."""
+    import gymnasium as gym
+
+    import rlhf_gym  # noqa: F401  (registers the env ids, the plugins' included)
+    from rlhf_gym.errors import unknown_name_message
+
+    if env_id not in gym.registry:
+        namespaced = [i for i in gym.registry if "/" in i]  # rlhf_gym's and the plugins' (Gymnasium's are bare)
+        raise ConfigError(unknown_name_message("environment id", env_id, namespaced,
+                                               "`rlhf-gym plugins --kind environment` lists the plugins' ids."))
+
+
 def make_env(opts: RunOptions, policy: Any, prompts: Any):
     import gymnasium as gym
 
     import rlhf_gym  # noqa: F401  (registers the env ids)
 
+    if opts.env:
+        # A registered task brings its own prompts/scenarios and rewards; the run supplies the policy's side.
+        check_env_id(opts.env)
+        return gym.make(opts.env, tokenizer=policy.tokenizer, vocab_size=policy.vocab_size,
+                        max_new_tokens=opts.max_new_tokens)
     if prompts is None:
         raise ConfigError("pass --prompts FILE (.txt or .jsonl) when training a model of your own")
     return gym.make("rlhf_gym/Completion-v0", tokenizer=policy.tokenizer, prompts=prompts, reward=opts.reward,
@@ -297,6 +319,8 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     if args.resume:
         return resume(args.resume, opts, progress)
     algo_cls = algorithm_class(opts.algo)  # unknown names fail here, before any work
+    if opts.env:
+        check_env_id(opts.env)  # so does an unknown --env
     from rlhf_gym.config import build_config
 
     build_config(algo_cls.Config, opts.algo_config, owner=f"algorithm {opts.algo!r}")
