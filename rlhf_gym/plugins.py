@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import os
 import threading
 import warnings
@@ -26,7 +27,7 @@ from typing import Any
 import pluggy
 
 from rlhf_gym import hookspecs
-from rlhf_gym.errors import UnknownNameError, unknown_name_message
+from rlhf_gym.errors import ConfigError, UnknownNameError, unknown_name_message
 
 ENTRY_POINT_GROUP = "rlhf_gym"
 DISABLE_ENV_VAR = "RLHF_GYM_DISABLE_PLUGINS"
@@ -244,14 +245,58 @@ def make_reward(name: str, **kwargs: Any):
 
     A factory may return a :class:`~rlhf_gym.RewardProvider` or a TRL-style callable; either way a provider comes
     back.
+
+    ``timeout`` (seconds) applies to every provider, see :func:`rlhf_gym.provider_timeout.with_timeout`, unless the
+    provider's own constructor takes a ``timeout``. Keyword arguments the provider does not take are a
+    :class:`~rlhf_gym.errors.ConfigError` that lists the ones it does.
     """
     from rlhf_gym.providers import as_provider
 
     entry = get_entry("reward", name)
-    provider = as_provider(entry.obj(**kwargs))
+    accepted = _keyword_names(entry.obj)
+    timeout = kwargs.pop("timeout", None) if accepted is None or "timeout" not in accepted else None
+    if accepted is not None and not _takes_var_keyword(entry.obj):
+        unknown = sorted(set(kwargs) - accepted)
+        if unknown:
+            raise ConfigError(
+                f"reward provider {name!r} does not take {', '.join(repr(k) for k in unknown)}; its keyword "
+                f"arguments are: {', '.join(sorted(accepted | {'timeout'})) or '(none)'}")
+    try:
+        built = entry.obj(**kwargs)
+    except TypeError as exc:
+        if "keyword argument" not in str(exc):
+            raise
+        listed = ", ".join(sorted((accepted or set()) | {"timeout"}))
+        raise ConfigError(f"reward provider {name!r} does not take these keyword arguments ({exc}); it takes: "
+                          f"{listed}") from None
+    provider = as_provider(built)
     if getattr(provider, "name", None) in (None, "", type(provider).__name__):
         provider.name = name
+    if timeout is not None:
+        from rlhf_gym.provider_timeout import with_timeout
+
+        provider = with_timeout(provider, timeout)
     return provider
+
+
+def _signature(obj: Any) -> inspect.Signature | None:
+    try:
+        return inspect.signature(obj)
+    except (TypeError, ValueError):
+        return None
+
+
+def _keyword_names(obj: Any) -> set[str] | None:
+    """Names a class or factory accepts by keyword (None when its signature cannot be read)."""
+    sig = _signature(obj)
+    if sig is None:
+        return None
+    return {p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _takes_var_keyword(obj: Any) -> bool:
+    sig = _signature(obj)
+    return sig is None or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
 
 
 def make_algorithm(name: str, env: Any = None, policy: Any = None, **config: Any):
