@@ -90,6 +90,7 @@ class _Registry:
         self._pm: pluggy.PluginManager | None = None
         self._entries: dict[str, dict[str, PluginEntry]] | None = None
         self._sources: dict[str, str] = {}  # plugin name -> distribution
+        self._order: list[str] = []  # plugin names in loading order
         self._runtime: list[tuple[Any, str]] = []
 
     # -- loading -------------------------------------------------------------------------------------------
@@ -108,10 +109,12 @@ class _Registry:
                 continue
             pm.register(module, name=module_name)
             self._sources[module_name] = BUILTIN_DISTRIBUTION
+            self._order.append(module_name)
 
         disable_all, disabled = _disabled_plugins()
         if not disable_all:
-            for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+            for ep in eps:
                 dist = ep.dist.name if ep.dist is not None else "<unknown>"
                 if ep.name in disabled or dist in disabled or ep.value in disabled:
                     continue
@@ -124,6 +127,8 @@ class _Registry:
                     self._warn(ep.name, exc)
                     continue
                 self._sources[ep.name] = dist
+                self._order.append(ep.name)
+            self._warn_unknown_disabled(disabled, eps)
 
         for plugin, name in self._runtime:
             try:
@@ -132,32 +137,79 @@ class _Registry:
                 self._warn(name, exc)
                 continue
             self._sources[name] = "<runtime>"
+            self._order.append(name)
         return pm
 
+    def _warn_unknown_disabled(self, disabled: set[str], eps: list[importlib.metadata.EntryPoint]) -> None:
+        """Warn about names in ``RLHF_GYM_DISABLE_PLUGINS`` that match no installed plugin (a typo disables nothing)."""
+        known: set[str] = set()
+        for ep in eps:
+            known.update({ep.name, ep.value} | ({ep.dist.name} if ep.dist is not None else set()))
+        unknown = sorted(disabled - known)
+        if not unknown:
+            return
+        builtin_names = set(BUILTIN_PLUGINS) | {m.rsplit(".", 1)[-1] for m in BUILTIN_PLUGINS} | {BUILTIN_DISTRIBUTION}
+        builtin = [n for n in unknown if n in builtin_names]
+        listed = ", ".join(sorted({ep.name for ep in eps})) or "(no external plugins are installed)"
+        note = f" ({', '.join(builtin)}: built-in plugins are always on)" if builtin else ""
+        warnings.warn(
+            f"{DISABLE_ENV_VAR} names {', '.join(repr(n) for n in unknown)}, which no installed plugin has{note}; "
+            f"installed plugins: {listed}. Names are entry-point or distribution names, comma separated.",
+            PluginWarning, stacklevel=4)
+
     def _collect(self, pm: pluggy.PluginManager) -> dict[str, dict[str, PluginEntry]]:
-        entries: dict[str, dict[str, PluginEntry]] = {kind: {} for kind in KINDS}
+        """Run every plugin's hooks and register its names, all or nothing per plugin.
+
+        Each plugin's names (of every kind) are staged first; a plugin whose hook raises, or that registers a
+        name already taken (by an earlier plugin or by itself), is reported once and leaves nothing registered.
+        Plugins are taken in loading order, so built-ins keep their names.
+        """
+        staged: dict[str, list[PluginEntry]] = {}
+        failed: dict[str, str] = {}
         for kind, hook_name in KINDS.items():
             hook = getattr(pm.hook, hook_name)
-            # get_hookimpls() lists implementations in registration order: built-ins first, so they own their names.
             for impl in hook.get_hookimpls():
                 plugin_name = impl.plugin_name
                 dist = self._sources.get(plugin_name, "<unknown>")
+                mine = staged.setdefault(plugin_name, [])
 
-                def register(name: str, obj: Any, _plugin: str = plugin_name, _dist: str = dist, kind: str = kind) -> None:
+                def register(name: str, obj: Any, _mine: list[PluginEntry] = mine, _plugin: str = plugin_name,
+                             _dist: str = dist, _kind: str = kind) -> None:
                     if not isinstance(name, str) or not name:
-                        raise ValueError(f"a {kind} name must be a non-empty string, got {name!r}")
+                        raise ValueError(f"a {_kind} name must be a non-empty string, got {name!r}")
                     if not callable(obj):
-                        raise TypeError(f"{kind} {name!r} must be a class or a factory, got {obj!r}")
-                    if name in entries[kind]:
-                        owner = entries[kind][name].plugin
-                        raise ValueError(f"{kind} name {name!r} is already registered by plugin {owner!r}")
-                    entries[kind][name] = PluginEntry(name, kind, obj, _plugin, _dist)
+                        raise TypeError(f"{_kind} {name!r} must be a class or a factory, got {obj!r}")
+                    if any(e.kind == _kind and e.name == name for e in _mine):
+                        raise ValueError(f"{_kind} name {name!r} is registered twice by this plugin")
+                    _mine.append(PluginEntry(name, _kind, obj, _plugin, _dist))
 
                 try:
                     impl.function(register=register)
                 except Exception as exc:
-                    self._warn(plugin_name, exc)
+                    failed.setdefault(plugin_name, f"{type(exc).__name__}: {exc}")
+
+        entries: dict[str, dict[str, PluginEntry]] = {kind: {} for kind in KINDS}
+        for plugin_name in sorted(staged, key=self._load_rank):
+            if plugin_name not in failed:
+                taken = [e for e in staged[plugin_name] if e.name in entries[e.kind]]
+                if taken:
+                    first = taken[0]
+                    owner = entries[first.kind][first.name].plugin
+                    failed[plugin_name] = (f"ValueError: {first.kind} name {first.name!r} is already registered by "
+                                           f"plugin {owner!r}")
+            if plugin_name in failed:
+                self._warn(plugin_name, failed[plugin_name] + "; nothing of this plugin was registered")
+                continue
+            for entry in staged[plugin_name]:
+                entries[entry.kind][entry.name] = entry
         return entries
+
+    def _load_rank(self, plugin_name: str) -> int:
+        """Position of a plugin in loading order (built-ins, entry points, run-time ones)."""
+        try:
+            return self._order.index(plugin_name)
+        except ValueError:
+            return len(self._order)
 
     def entries(self) -> dict[str, dict[str, PluginEntry]]:
         with self._lock:
@@ -171,6 +223,7 @@ class _Registry:
             self._pm = None
             self._entries = None
             self._sources = {}
+            self._order = []
 
     def add_runtime(self, plugin: Any, name: str) -> None:
         with self._lock:
