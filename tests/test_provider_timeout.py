@@ -236,3 +236,14 @@ def test_collect_with_a_live_human_on_the_same_store_writes_each_answer_once(col
         assert stats.answered == len(answers) == 1 and stats.unanswered == stats.asked - 1
     human.close()
     store.close()
+
+
+def test_module_examples_run():
+    import doctest
+
+    import rlhf_gym.provider_timeout as timeout_mod
+    import rlhf_gym.providers as providers_mod
+
+    for module in (timeout_mod, providers_mod):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0
