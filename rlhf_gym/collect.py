@@ -49,7 +49,7 @@ class CollectionStats:
     answered: int = 0  #: answers with a label (ties included)
     ties: int = 0  #: answers of 0.5
     skipped: int = 0  #: answers of ``None`` ("can't tell"), recorded as skips
-    unanswered: int = 0  #: queries a judge recording into this store (a live human) left unanswered
+    unanswered: int = 0  #: queries left unanswered: by a judge recording into this store, or one that timed out
     swapped: int = 0  #: pairs shown with the completions' sampled order reversed
     query_ids: list[int] = field(default_factory=list)  #: ids of the queries asked, in order
     seconds: dict[str, float] = field(default_factory=dict)  #: time spent sampling, selecting and asking
@@ -260,13 +260,18 @@ def collect_preferences(
             labels = _labels_from_ranks(judge, prompts, groups, [(g, a, b) for _, g, a, b in asked])
         # One writer per answer: a judge that records answers in this very store (a live human labelling it) has
         # written them already; the others' answers are written here. An answer already stored wins.
+        # A judge that ran out of time (rlhf_gym.provider_timeout) gave no answer, not a "skip": its queries are
+        # withdrawn, so a later collection may ask them again.
         self_recording = _records_into(judge, store)
+        timed_out = bool(getattr(judge, "last_call_timed_out", False)) and feedback == "compare"
         stored = {a.query_id: a for a in store.answers(query_ids=[q for q, _, _, _ in asked])}
         for (query_id, _, _, _), label in zip(asked, labels):
             if query_id in stored:
                 label = stored[query_id].label
-            elif self_recording:
+            elif self_recording or timed_out:
                 stats.unanswered += 1  # not answered in time: the query stays as the judge left it
+                if timed_out and not self_recording:
+                    store.withdraw([query_id])
                 continue
             else:
                 try:

@@ -162,7 +162,7 @@ class CallableReward(RewardProvider):
             shown: list[Any] = [[{"role": "assistant", "content": c}] for c in completions]
         else:
             shown_prompts, shown = list(prompts), list(completions)
-        available: dict[str, Any] = {"prompts": shown_prompts, "completions": shown, **row}
+        available: dict[str, Any] = {**row, "prompts": shown_prompts, "completions": shown}
         wants_ids = self._var_keyword or "completion_ids" in self._named
         if "completion_ids" not in available and wants_ids:
             ids = self._completion_ids(completions)

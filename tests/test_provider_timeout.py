@@ -247,3 +247,17 @@ def test_module_examples_run():
     for module in (timeout_mod, providers_mod):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0
+
+
+def test_collect_with_a_judge_that_times_out_records_no_skips(collect_setup, tmp_path):
+    policy, env = collect_setup
+    store = PreferenceStore(tmp_path / "prefs.db")
+    judge = Hangs(hang_on=(1,))
+    with pytest.warns(RewardTimeoutWarning):
+        stats = collect_preferences(policy, env, with_timeout(judge, 0.2), store, num_prompts=3, k=2, seed=1)
+    judge.release.set()
+    assert stats.asked > 0 and stats.unanswered == stats.asked and stats.skipped == 0
+    assert store.answers() == [] and store.pending() == []  # withdrawn: nothing recorded as a person's skip
+    again = collect_preferences(policy, env, judge, store, num_prompts=3, k=2, seed=1)
+    assert again.asked == stats.asked and again.answered == again.asked  # asked again once the judge answers
+    store.close()
