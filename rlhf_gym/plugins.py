@@ -8,8 +8,9 @@ Plugins come from three places, loaded in this order (the first to claim a name 
 3. objects registered at run time with :func:`register_plugin` (tests, notebooks).
 
 A plugin that fails to import, whose hook raises, or that registers a name already taken produces one warning
-naming the plugin and the error; every other plugin keeps working. The registry is built lazily on first use and
-is the only module-level mutable state in rlhf_gym.
+naming the plugin and the error, and registers nothing (its names are staged and kept only when all of them are
+good); every other plugin keeps working. Names in ``RLHF_GYM_DISABLE_PLUGINS`` that match no installed plugin are
+warned about. The registry is built lazily on first use and is the only module-level mutable state in rlhf_gym.
 """
 
 from __future__ import annotations
