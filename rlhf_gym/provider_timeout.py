@@ -146,6 +146,10 @@ class TimeoutReward(RewardProvider):
     def close(self) -> None:
         self.provider.close()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A call still running belongs to this process; a copy (another process, a Ray actor) starts idle.
+        return {**self.__dict__, "_running": None}
+
     def __getattr__(self, name: str) -> Any:
         # Everything else (state_dict, extras such as a simulated human's settings) is the wrapped provider's.
         if name.startswith("__") or name == "provider":

@@ -261,3 +261,28 @@ def test_collect_with_a_judge_that_times_out_records_no_skips(collect_setup, tmp
     again = collect_preferences(policy, env, judge, store, num_prompts=3, k=2, seed=1)
     assert again.asked == stats.asked and again.answered == again.asked  # asked again once the judge answers
     store.close()
+
+
+class Sleepy(RewardProvider):
+    """Sleeps ``seconds`` per call (picklable, unlike a provider holding an Event)."""
+
+    name = "sleepy"
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def score(self, prompts, completions, **row):
+        time.sleep(self.seconds)
+        return [1.0] * len(prompts)
+
+
+def test_a_limited_provider_can_be_copied_to_another_process_while_a_call_hangs():
+    import pickle
+
+    limited = TimeoutReward(Sleepy(1.0), 0.05)
+    with pytest.warns(RewardTimeoutWarning):
+        assert limited.score(["p"], ["c"]) == [None]  # a call is still running in this process
+    copy = pickle.loads(pickle.dumps(limited))
+    copy.provider.seconds = 0.0
+    assert copy.score(["p"], ["c"]) == [1.0]  # the copy starts idle: nothing to wait for
+    assert copy.timeouts == 1 and not copy.last_call_timed_out
