@@ -324,7 +324,7 @@ def make_reward(name: str, **kwargs: Any):
         raise ConfigError(f"reward provider {name!r} does not take these keyword arguments ({exc}); it takes: "
                           f"{listed}") from None
     provider = as_provider(built)
-    if getattr(provider, "name", None) in (None, "", type(provider).__name__):
+    if getattr(provider, "name", None) in (None, "", "<lambda>", type(provider).__name__):
         provider.name = name
     if timeout is not None:
         from rlhf_gym.provider_timeout import with_timeout

@@ -221,8 +221,9 @@ def as_provider(reward: Any, reward_kwargs: Mapping[str, Any] | None = None, *,
             f"reward must be a provider name (see `rlhf-gym plugins`), a RewardProvider, or a callable "
             f"f(prompts, completions, **kwargs) -> list[float]; got {type(reward).__name__}"
         )
-    if isinstance(provider, CallableReward) and provider.tokenizer is None:
-        provider.tokenizer = tokenizer
+    inner = provider if isinstance(provider, CallableReward) else provider.__dict__.get("provider")
+    if isinstance(inner, CallableReward) and inner.tokenizer is None:  # also inside a time limit
+        inner.tokenizer = tokenizer
     if timeout is not None:
         from rlhf_gym.provider_timeout import with_timeout
 

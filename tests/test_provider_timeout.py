@@ -286,3 +286,23 @@ def test_a_limited_provider_can_be_copied_to_another_process_while_a_call_hangs(
     copy.provider.seconds = 0.0
     assert copy.score(["p"], ["c"]) == [1.0]  # the copy starts idle: nothing to wait for
     assert copy.timeouts == 1 and not copy.last_call_timed_out
+
+
+class _IdsPlugin:
+    @rlhf_gym.hookimpl
+    def register_reward_providers(self, register):
+        register("ids-length", lambda: (lambda completion_ids, **kw: [float(len(i)) for i in completion_ids]))
+
+
+def test_a_named_reward_function_with_a_timeout_still_gets_completion_ids(tiny_tokenizer):
+    name = rlhf_gym.register_plugin(_IdsPlugin(), name="ids-plugin")
+    try:
+        env = gym.make("rlhf_gym/Completion-v0", tokenizer=tiny_tokenizer, prompts=["Hi"], max_new_tokens=8,
+                       reward="ids-length", reward_kwargs={"timeout": 5})
+        provider = env.unwrapped.provider
+        assert isinstance(provider, TimeoutReward) and provider.name == "ids-length"
+        env.reset(seed=0)
+        _, reward, *_, info = env.step(" a good film")
+        assert reward == len(tiny_tokenizer(info["completion"], add_special_tokens=False)["input_ids"])
+    finally:
+        rlhf_gym.unregister_plugin(name)
