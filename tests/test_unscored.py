@@ -66,11 +66,11 @@ def _config(name: str) -> dict:
     return cfg
 
 
-def _run(name: str, pattern: str, policy_path: str, updates: int = 4):
+def _run(name: str, pattern: str, policy_path: str, updates: int = 4, max_new_tokens: int = 5):
     policy = Policy.from_pretrained(policy_path, value_head=name == "ppo")
     provider = PatternedReward(pattern)
     env = gym.make("rlhf_gym/Completion-v0", tokenizer=policy.tokenizer, prompts=tiny.review_prompts(8),
-                   reward=provider, max_new_tokens=5, max_prompt_tokens=6, vocab_size=policy.vocab_size)
+                   reward=provider, max_new_tokens=max_new_tokens, max_prompt_tokens=6, vocab_size=policy.vocab_size)
     algo = make_algorithm(name, env=env, policy=policy, **_config(name))
     history: list[tuple[dict, torch.Tensor, int]] = []
 
@@ -126,6 +126,16 @@ def test_partly_scored_batches_train_on_the_scored_samples(name, policy_path):
             assert metrics["batch/scored_fraction"] == pytest.approx(4 / 6)
     if name != "dpo":
         assert not torch.equal(history[-1][1], start)
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_one_token_completions_with_unscored_samples(name, policy_path):
+    """The smallest batches there are: one token per completion (often an empty text), a third unscored."""
+    algo, _, history = _run(name, "some", policy_path, updates=2, max_new_tokens=1)
+    assert algo.num_updates == 2
+    for metrics, params, _ in history:
+        assert torch.isfinite(params).all()
+        assert all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
 
 
 # -- the baselines, by hand and against TRL's formulas ---------------------------------------------------------------
