@@ -12,6 +12,7 @@ import torch
 
 from rlhf_gym import tiny
 from rlhf_gym.advantages import group_normalised_advantages, rloo_advantages
+from rlhf_gym.errors import ConfigError
 from rlhf_gym.losses import rloo_loss
 from rlhf_gym.plugins import make_algorithm
 from rlhf_gym.policy import Policy
@@ -211,3 +212,21 @@ def test_empty_batches_give_empty_advantages():
     empty = torch.zeros(0)
     assert rloo_advantages(empty, 4).numel() == 0
     assert group_normalised_advantages(empty, 4, valid=torch.zeros(0, dtype=torch.bool)).numel() == 0
+
+
+# -- evaluation with a provider that scores little or nothing -----------------------------------------------------
+
+
+def test_evaluation_with_a_provider_that_never_scores_ends_with_an_error(policy_path):
+    from rlhf_gym.errors import RewardError
+    from rlhf_gym.rollout import evaluate
+
+    policy = Policy.from_pretrained(policy_path, value_head=False)
+    env = gym.make("rlhf_gym/Completion-v0", tokenizer=policy.tokenizer, prompts=tiny.review_prompts(8),
+                   reward=PatternedReward("none"), max_new_tokens=3, max_prompt_tokens=6, vocab_size=policy.vocab_size)
+    with pytest.raises(RewardError, match="scored none of the 32 samples"):
+        evaluate(policy, env, num_samples=8, batch_size=4)
+    rare = PatternedReward("alternate")  # every other batch scored: fills up within the allowance
+    assert len(evaluate(policy, env, num_samples=8, batch_size=4, reward=rare)["scores"]) == 8
+    with pytest.raises(ConfigError, match="num_samples"):
+        evaluate(policy, env, num_samples=0)
