@@ -195,6 +195,11 @@ def validate_options(opts: RunOptions) -> None:
             raise ConfigError(f"--{key} must be a name (see `rlhf-gym plugins`), got {getattr(opts, key)!r}")
     if not isinstance(opts.reward_kwargs, dict):
         raise ConfigError(f"--reward-kwargs must be a JSON object of keyword arguments, got {opts.reward_kwargs!r}")
+    from rlhf_gym.plugins import get_entry
+
+    for name in (opts.reward, opts.ground_truth):  # unknown names fail now, not after the SFT warm-up
+        if name is not None:
+            get_entry("reward", name)
 
 
 # -- the run ------------------------------------------------------------------------------------------------------

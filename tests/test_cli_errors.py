@@ -40,6 +40,8 @@ def assert_one_error_line(err: str) -> str:
     (["train", "--max-new-tokens", "0"], "--max-new-tokens must be ≥ 1"),
     (["train", "--seed", "-3"], "--seed must be ≥ 0"),
     (["train", "--algo", "ppx"], "Did you mean 'ppo'"),
+    (["train", "--reward", "simulated-humn"], "Did you mean 'simulated-human'"),
+    (["train", "--ground-truth", "sentimnt"], "Did you mean 'sentiment'"),
     (["train", "--reward-kwargs", "[1, 2]"], "--reward-kwargs"),
     (["eval"], "pass at least one --policy"),
 ])
