@@ -221,14 +221,26 @@ def as_provider(reward: Any, reward_kwargs: Mapping[str, Any] | None = None, *,
             f"reward must be a provider name (see `rlhf-gym plugins`), a RewardProvider, or a callable "
             f"f(prompts, completions, **kwargs) -> list[float]; got {type(reward).__name__}"
         )
-    inner = provider if isinstance(provider, CallableReward) else provider.__dict__.get("provider")
-    if isinstance(inner, CallableReward) and inner.tokenizer is None:  # also inside a time limit
-        inner.tokenizer = tokenizer
+    if tokenizer is not None:
+        _give_tokenizer(provider, tokenizer)
     if timeout is not None:
         from rlhf_gym.provider_timeout import with_timeout
 
         provider = with_timeout(provider, timeout)
     return provider
+
+
+def _give_tokenizer(provider: Any, tokenizer: Any) -> None:
+    """Let every reward function inside ``provider`` (a time limit, a composite) compute ``completion_ids``."""
+    if isinstance(provider, CallableReward):
+        if provider.tokenizer is None:
+            provider.tokenizer = tokenizer
+        return
+    inner = provider.__dict__.get("provider")  # a TimeoutReward
+    if inner is not None:
+        _give_tokenizer(inner, tokenizer)
+    for component, _ in provider.__dict__.get("components", ()):
+        _give_tokenizer(component, tokenizer)
 
 
 def checked_scores(provider: Any, scores: Any, expected: int, what: str = "scores") -> list[Score]:

@@ -213,3 +213,14 @@ def test_a_function_returning_something_else_than_one_score_per_sample(tokenizer
     env = _env(tokenizer, lambda prompts, completions, **kw: bad)
     with pytest.raises(RewardError, match="<lambda>"):
         _step(env, " hi")
+
+
+def test_trl_functions_inside_a_composite_get_completion_ids_too(tokenizer):
+    from trl.rewards import get_soft_overlong_punishment, think_format_reward
+
+    from rlhf_gym.providers import CompositeReward
+
+    overlong = get_soft_overlong_punishment(max_completion_len=3, soft_punish_cache=1)
+    env = _env(tokenizer, CompositeReward([(think_format_reward, 1.0), (overlong, 2.0)]))
+    reward, info = _step(env, "<think>x</think> a long answer that goes on")
+    assert reward == 1.0 + 2.0 * -1.0
