@@ -140,3 +140,12 @@ def test_rlhf_gym_eval_on_a_run_directory_as_the_readme_shows(tmp_path, random_m
     assert code == 0, out
     assert str(run) in out and "win rate of" in out
     assert rlhf_gym  # the package import registers the env ids used above
+
+
+@pytest.mark.filterwarnings("ignore:.*symmetric and normalized space")
+@pytest.mark.parametrize("mode", ["ansi", "rgb_array"])
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_gymnasium_env_checker_accepts_every_render_mode(tiny_tokenizer, env_id, mode):
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(gym.make(env_id, render_mode=mode, **env_kwargs(tiny_tokenizer)).unwrapped)
