@@ -101,7 +101,8 @@ class DPO(OnlineAlgorithm):
         seq = self.policy.sequence_logprobs(torch.cat([prompt_ids, prompt_ids]), torch.cat([prompt_mask, prompt_mask]),
                                             torch.cat([c_ids, r_ids]), torch.cat([c_mask, r_mask]))
         out = dpo_loss(seq[:n], seq[n:], ref_chosen, ref_rejected, beta=cfg.beta, loss_type=cfg.loss_type,
-                       label_smoothing=cfg.label_smoothing)
+                       label_smoothing=cfg.label_smoothing, chosen_lengths=chosen_mask.sum(-1),
+                       rejected_lengths=rejected_mask.sum(-1))
         loss = out.losses.mean()
         self.clip_and_step(loss)
         margins = out.chosen_rewards - out.rejected_rewards
@@ -149,8 +150,11 @@ class DPO(OnlineAlgorithm):
         compare_time = time.perf_counter() - start
         decided = [(i, j) if p > 0.5 else (j, i) for (i, j), p in zip(pairs, prefs) if p is not None and p != 0.5]
         metrics = self.batch_metrics(batch)
-        metrics.update({"timing/compare": compare_time, "preferences/decided_fraction": len(decided) / max(len(pairs), 1)})
-        if not decided:
+        answered = sum(p is not None for p in prefs)
+        metrics.update({"timing/compare": compare_time, "preferences/decided_fraction": len(decided) / max(len(pairs), 1),
+                        "batch/scored_fraction": answered / max(len(pairs), 1)})
+        if not decided:  # every pair skipped, unanswered or tied: nothing to learn from, no optimizer step
+            metrics["batch/skipped"] = 1.0
             return metrics
         chosen = torch.tensor([c for c, _ in decided])
         rejected = torch.tensor([x for _, x in decided])

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import rlhf_gym
-from rlhf_gym.advantages import fill_unscored_with_group_mean, group_normalised_advantages, masked_mean
+from rlhf_gym.advantages import group_normalised_advantages, masked_mean
 from rlhf_gym.config import hp
 from rlhf_gym.errors import ConfigError
 from rlhf_gym.kl import kl_k3
@@ -44,9 +44,10 @@ class GRPO(OnlineAlgorithm):
         # -- rollout ---------------------------------------------------------------------------------------------
         batch = self.collect()
         r = batch.rollout
-        # -- advantages: scores normalised within each prompt's group (unscored samples masked out) ---------------
-        filled = fill_unscored_with_group_mean(batch.scores, batch.valid, cfg.group_size)
-        adv = group_normalised_advantages(filled, cfg.group_size, scale=cfg.scale_rewards)
+        if not self.has_scores(batch):
+            return self.skip_update(batch)
+        # -- advantages: scores normalised within each prompt's group, over its scored members only ---------------
+        adv = group_normalised_advantages(batch.scores, cfg.group_size, scale=cfg.scale_rewards, valid=batch.valid)
         mask = r.completion_mask * batch.valid.unsqueeze(-1).to(r.completion_mask.dtype)
         # -- update: clipped objective + β·k3 KL per token ------------------------------------------------------------
         start = time.perf_counter()

@@ -46,6 +46,8 @@ class PPO(OnlineAlgorithm):
         # -- rollout: samples, scores, old log-probs/values, reference log-probs ------------------------------
         batch = self.collect(with_values=True)
         r = batch.rollout
+        if not self.has_scores(batch):
+            return self.skip_update(batch)
         mask = r.completion_mask
         args = (r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
         # Samples without a score carry no signal: mask their tokens out of every loss.
@@ -55,7 +57,7 @@ class PPO(OnlineAlgorithm):
         rewards = kl_penalised_rewards(batch.scores, batch.logprobs, batch.ref_logprobs, mask, self.kl_ctl.value,
                                        self.config.kl_estimator).rewards
         advantages, returns = gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:
+        if cfg.whiten_advantages and int(loss_mask.sum()) > 1:  # a variance needs two scored tokens
             advantages = masked_whiten(advantages, loss_mask)
 
         # -- update: epochs × minibatches of clipped policy + value loss -----------------------------------------

@@ -15,12 +15,7 @@ from typing import Any
 import torch
 
 import rlhf_gym
-from rlhf_gym.advantages import (
-    MovingAverageBaseline,
-    fill_unscored_with_group_mean,
-    masked_mean,
-    rloo_advantages,
-)
+from rlhf_gym.advantages import MovingAverageBaseline, masked_mean, rloo_advantages
 from rlhf_gym.config import hp
 from rlhf_gym.errors import ConfigError
 from rlhf_gym.losses import reinforce_loss
@@ -51,10 +46,12 @@ class PolicyGradient(OnlineAlgorithm):
         # -- rollout ---------------------------------------------------------------------------------------------
         batch = self.collect()
         r = batch.rollout
+        if not self.has_scores(batch):
+            return self.skip_update(batch)
         # -- advantages: sequence reward = score − β·KL, minus the baseline ----------------------------------------
         rewards = batch.scores - self.kl_ctl.value * batch.sequence_kl
         adv = self.advantages(rewards, batch.valid)
-        if cfg.normalize_advantages and bool(batch.valid.any()):
+        if cfg.normalize_advantages and int(batch.valid.sum()) > 1:
             adv = adv / (adv[batch.valid].std() + 1e-8)
         # -- update: one gradient step on −A·log π(y|x) --------------------------------------------------------------
         start = time.perf_counter()
@@ -114,9 +111,8 @@ class RLOO(PolicyGradient):
         super().setup()
 
     def advantages(self, rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        k = self.config.group_size
-        filled = fill_unscored_with_group_mean(rewards, valid, k)
-        return torch.where(valid, rloo_advantages(filled, k), torch.zeros_like(filled))
+        """Leave-one-out over the group's scored members only; 0 for unscored samples and lone scored ones."""
+        return rloo_advantages(rewards, self.config.group_size, valid)
 
 
 @rlhf_gym.hookimpl

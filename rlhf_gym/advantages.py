@@ -236,55 +236,78 @@ def _grouped(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     return scores.view(-1, group_size)
 
 
-def rloo_advantages(scores: torch.Tensor | Sequence[float], group_size: int) -> torch.Tensor:
-    """REINFORCE leave-one-out advantages: each score minus the mean of the other ``k - 1`` in its group.
+def _scored_groups(
+    scores: torch.Tensor | Sequence[float], group_size: int, valid: torch.Tensor | Sequence[bool] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores, valid)`` as ``(n_groups, group_size)`` tensors; scores are only checked where ``valid`` is set,
+    and unscored entries come back as 0 so they can never leak into a sum."""
+    if valid is None:
+        s = _as_scores(scores)
+        ok = torch.ones_like(s, dtype=torch.bool)
+    else:
+        raw = torch.as_tensor(scores)
+        raw = raw if raw.is_floating_point() else raw.float()
+        ok = torch.as_tensor(valid, dtype=torch.bool, device=raw.device)
+        _require_same_shape(scores=raw, valid=ok)
+        s = _as_scores(torch.where(ok, raw, torch.zeros((), dtype=raw.dtype, device=raw.device)))
+    return _grouped(s, group_size), ok.view(-1, group_size)
 
-    ``A_i = s_i - (Σ_j s_j - s_i) / (k - 1)``, where the ``k = group_size`` completions of one prompt are
-    consecutive entries of ``scores``.
+
+def rloo_advantages(
+    scores: torch.Tensor | Sequence[float], group_size: int, valid: torch.Tensor | Sequence[bool] | None = None
+) -> torch.Tensor:
+    """REINFORCE leave-one-out advantages: each score minus the mean of the other scored members of its group.
+
+    ``A_i = s_i - (Σ_{j scored} s_j - s_i) / (n - 1)``, where the ``k = group_size`` completions of one prompt are
+    consecutive entries of ``scores`` and ``n`` is how many of them were scored (``valid``; all when None).
+
+    Unscored samples (``valid`` False) are left out of every baseline and get advantage 0. A group with a single
+    scored sample has no leave-one-out baseline, so that sample gets advantage 0 too (it is not compared with other
+    prompts' scores). This matches TRL's ``RLOOTrainer`` for reward functions that return ``None``.
 
     Example:
         >>> rloo_advantages(torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 4.0]), group_size=3)
         tensor([-1.5000,  0.0000,  1.5000, -2.0000, -2.0000,  4.0000])
+        >>> rloo_advantages(torch.tensor([1.0, 2.0, 4.0, 0.0]), 4, valid=torch.tensor([True, True, True, False]))
+        tensor([-2.0000, -0.5000,  2.5000,  0.0000])
     """
-    s = _as_scores(scores)
-    g = _grouped(s, group_size)
-    baseline = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)
-    return (g - baseline).reshape(-1)
-
-
-def fill_unscored_with_group_mean(scores: torch.Tensor, valid: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Scores with each unscored sample replaced by the mean of its group's scored ones (0 if none is scored), so
-    an unscored sample neither pulls nor pushes its group's baseline.
-
-    Example:
-        >>> fill_unscored_with_group_mean(torch.tensor([1.0, 0.0, 3.0, 5.0]), torch.tensor([True, False, True, True]), 2)
-        tensor([1., 1., 3., 5.])
-    """
-    grouped = _grouped(_as_scores(scores), group_size)
-    ok = torch.as_tensor(valid, dtype=torch.bool, device=grouped.device).view_as(grouped)
-    mean = (grouped * ok).sum(1, keepdim=True) / ok.sum(1, keepdim=True).clamp(min=1)
-    return torch.where(ok, grouped, mean).reshape(-1)
+    g, ok = _scored_groups(scores, group_size, valid)
+    n = ok.sum(dim=1, keepdim=True)
+    total = g.sum(dim=1, keepdim=True)  # unscored entries are 0 here
+    baseline = (total - g) / (n - 1).clamp_min(1).to(g.dtype)
+    usable = ok & (n >= 2)
+    return torch.where(usable, g - baseline, torch.zeros_like(g)).reshape(-1)
 
 
 def group_normalised_advantages(
-    scores: torch.Tensor | Sequence[float], group_size: int, scale: bool = True, eps: float = 1e-4
+    scores: torch.Tensor | Sequence[float],
+    group_size: int,
+    scale: bool = True,
+    eps: float = 1e-4,
+    valid: torch.Tensor | Sequence[bool] | None = None,
 ) -> torch.Tensor:
     """GRPO-style advantages: ``(s_i - mean_g) / (std_g + eps)`` within each group of ``group_size``.
 
-    ``std_g`` is the unbiased standard deviation of the group. With ``scale=False`` only the mean is removed
-    (the Dr. GRPO variant). A group whose scores are all equal gets zero advantages.
+    ``mean_g`` and ``std_g`` (unbiased) are taken over the group's scored members only (``valid``; all when None),
+    as TRL's ``GRPOTrainer`` does with ``None`` rewards. With ``scale=False`` only the mean is removed (the Dr. GRPO
+    variant). Unscored samples, groups whose scores are all equal and groups with a single scored member get
+    advantage 0.
 
     Example:
         >>> group_normalised_advantages(torch.tensor([1.0, 3.0, 2.0, 2.0]), group_size=2, eps=0.0)
         tensor([-0.7071,  0.7071,  0.0000,  0.0000])
     """
-    s = _as_scores(scores)
-    g = _grouped(s, group_size)
-    centred = g - g.mean(dim=1, keepdim=True)
+    g, ok = _scored_groups(scores, group_size, valid)
+    okf = ok.to(g.dtype)
+    n = okf.sum(dim=1, keepdim=True)
+    mean = (g * okf).sum(dim=1, keepdim=True) / n.clamp_min(1)
+    centred = torch.where(ok, g - mean, torch.zeros_like(g))
+    usable = ok & (n >= 2)
     if scale:
-        std = g.std(dim=1, keepdim=True)
-        centred = torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))
-    return centred.reshape(-1)
+        std = torch.sqrt((centred**2).sum(dim=1, keepdim=True) / (n - 1).clamp_min(1))
+        usable = usable & (std > 0)
+        centred = centred / (std + eps)
+    return torch.where(usable, centred, torch.zeros_like(centred)).reshape(-1)
 
 
 class MovingAverageBaseline:

@@ -8,9 +8,13 @@ work. This file only wires them together, so ``rlhf-gym --help`` stays quick.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Sequence
+from typing import TextIO
 
 from rlhf_gym.errors import RLHFGymError
 
@@ -78,7 +82,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: set to 1 to see the traceback of an unexpected error (and of every other error) instead of one line
+DEBUG_ENV_VAR = "RLHF_GYM_DEBUG"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``rlhf-gym`` command; errors end it with one ``error:`` line (see :func:`report_error`)."""
+    try:
+        return _dispatch(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the one place every command's errors are turned into a message and a status
+        return report_error(exc)
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in SUBCOMMANDS else "")
@@ -88,15 +107,51 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         parser.print_help()
         return 0
-    try:
-        if getattr(args, "_accepts_extra", False):
-            return int(args._run(args, extra) or 0)
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        return int(args._run(args) or 0)
-    except RLHFGymError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    if getattr(args, "_accepts_extra", False):
+        return int(args._run(args, extra) or 0)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return int(args._run(args) or 0)
+
+
+def debug_enabled() -> bool:
+    """Whether ``RLHF_GYM_DEBUG`` asks for tracebacks."""
+    return os.environ.get(DEBUG_ENV_VAR, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def report_error(exc: BaseException, stream: TextIO | None = None) -> int:
+    """Print ``exc`` as one ``error:`` line and return the command's exit status.
+
+    - rlhf_gym's own errors (:class:`~rlhf_gym.errors.RLHFGymError` and its subclasses, which every module raises
+      for bad input) print their message and exit with their ``exit_code`` (2 for bad input);
+    - operating-system errors (a missing or unreadable file, a read-only folder, a full disk) print what failed
+      on which path and exit 1;
+    - anything else is unexpected: its type and message, a hint to rerun with ``RLHF_GYM_DEBUG=1``, exit 1.
+
+    With ``RLHF_GYM_DEBUG=1`` the traceback is printed first, for every kind.
+    """
+    stream = sys.stderr if stream is None else stream
+    if debug_enabled():
+        traceback.print_exception(exc, file=stream)
+    if isinstance(exc, RLHFGymError):
+        message, status = str(exc), int(getattr(exc, "exit_code", 2))
+    elif isinstance(exc, OSError):
+        message, status = _os_error_message(exc), 1
+    else:
+        message = f"unexpected {type(exc).__name__}: {exc}"
+        if not debug_enabled():
+            message += f" (run again with {DEBUG_ENV_VAR}=1 for the traceback)"
+        status = 1
+    print(f"error: {' '.join(message.split())}", file=stream, flush=True)
+    return status
+
+
+def _os_error_message(exc: OSError) -> str:
+    what = exc.strerror or str(exc) or type(exc).__name__
+    paths = [p for p in (exc.filename, exc.filename2) if p]
+    where = f" ({' → '.join(os.fsdecode(p) if isinstance(p, bytes) else str(p) for p in paths)})" if paths else ""
+    hint = {errno.ENOSPC: "; free some disk space and run again",
+            errno.EACCES: "; check the permissions, or choose another directory",
+            errno.EROFS: "; the file system is read-only: choose another directory",
+            errno.ENOENT: "; check the path"}.get(exc.errno or -1, "")
+    return f"{what}{where}{hint}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from rlhf_gym.errors import ConfigError, unknown_name_message
+from rlhf_gym.preference_store import AlreadyAnsweredError
 from rlhf_gym.providers import as_provider, checked_scores
 
 SELECTIONS = ("random", "disagreement")
@@ -47,6 +49,7 @@ class CollectionStats:
     answered: int = 0  #: answers with a label (ties included)
     ties: int = 0  #: answers of 0.5
     skipped: int = 0  #: answers of ``None`` ("can't tell"), recorded as skips
+    unanswered: int = 0  #: queries left unanswered: by a judge recording into this store, or one that timed out
     swapped: int = 0  #: pairs shown with the completions' sampled order reversed
     query_ids: list[int] = field(default_factory=list)  #: ids of the queries asked, in order
     seconds: dict[str, float] = field(default_factory=dict)  #: time spent sampling, selecting and asking
@@ -90,6 +93,17 @@ def _load_reward_model(reward_model: Any) -> Any:
             f"selection='disagreement' needs a reward-model ensemble, but this one has {reward_model.num_members} "
             f"member; train it with ensemble_size >= 2 (e.g. `rlhf-gym train-rm --ensemble-size 4`)")
     return reward_model
+
+
+def _records_into(judge: Any, store: Any) -> bool:
+    """Whether ``judge`` writes its answers into ``store`` itself (a live human labelling that same store)."""
+    own = getattr(judge, "store", None)
+    if own is None:
+        return False
+    if own is store:
+        return True
+    a, b = getattr(own, "location", ""), getattr(store, "location", "")
+    return bool(a) and bool(b) and os.path.realpath(a) == os.path.realpath(b)
 
 
 def _labels_from_ranks(provider: Any, prompts: list[str], groups: list[list[str]],
@@ -244,8 +258,26 @@ def collect_preferences(
                 len(asked), what="preferences")
         else:
             labels = _labels_from_ranks(judge, prompts, groups, [(g, a, b) for _, g, a, b in asked])
+        # One writer per answer: a judge that records answers in this very store (a live human labelling it) has
+        # written them already; the others' answers are written here. An answer already stored wins.
+        # A judge that ran out of time (rlhf_gym.provider_timeout) gave no answer, not a "skip": its queries are
+        # withdrawn, so a later collection may ask them again.
+        self_recording = _records_into(judge, store)
+        timed_out = bool(getattr(judge, "last_call_timed_out", False)) and feedback == "compare"
+        stored = {a.query_id: a for a in store.answers(query_ids=[q for q, _, _, _ in asked])}
         for (query_id, _, _, _), label in zip(asked, labels):
-            store.answer(query_id, label, annotator=name, source=name)
+            if query_id in stored:
+                label = stored[query_id].label
+            elif self_recording or timed_out:
+                stats.unanswered += 1  # not answered in time: the query stays as the judge left it
+                if timed_out and not self_recording:
+                    store.withdraw([query_id])
+                continue
+            else:
+                try:
+                    store.answer(query_id, label, annotator=name, source=name)
+                except AlreadyAnsweredError:  # answered meanwhile by someone else sharing the store
+                    label = store.answers(query_ids=[query_id])[0].label
             stats.query_ids.append(query_id)
             if label is None:
                 stats.skipped += 1

@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
+
+#: what ``gymnasium.make`` appends to a ``TypeError`` raised inside an env constructor (it re-raises the same type
+#: with every keyword argument, tokenizer included, spelled out: hundreds of characters that hide the message)
+_GYM_MAKE_SUFFIX = re.compile(r" was raised from the environment creator for (\S+) with kwargs \(.*\)\Z", re.DOTALL)
 
 
 class RLHFGymError(Exception):
-    """Base class of rlhf_gym's own errors."""
+    """Base class of rlhf_gym's own errors: ``str(error)`` is the message a user sees.
+
+    The ``rlhf-gym`` command prints it as one line, ``error: <message>``, and exits with :attr:`exit_code`; a
+    subclass for a new kind of failure only needs a message that says what to do (and its own ``exit_code`` when
+    it is not bad input).
+    """
+
+    #: exit status of the ``rlhf-gym`` command when this error ends it (2: bad input, as argparse uses)
+    exit_code: int = 2
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            found = _GYM_MAKE_SUFFIX.search(args[0])
+            if found:  # keep the message, name the env id, drop the dump of its keyword arguments
+                args = (f"{args[0][: found.start()]} (in gym.make({found.group(1)!r}))",)
+        super().__init__(*args)
 
 
 class UnknownNameError(RLHFGymError, KeyError):

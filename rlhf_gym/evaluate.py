@@ -44,27 +44,61 @@ TINY_POLICY = "tiny"
 def resolve_policy_path(spec: str) -> str:
     """The model directory behind a ``--policy`` value.
 
-    Accepts a model directory (``config.json`` inside), a run directory of ``rlhf-gym train`` (its ``policy/``
-    sub-directory is used), or ``tiny`` for the tiny kit's pre-trained policy.
+    Accepts a model directory (a model's ``config.json`` inside), a run directory of ``rlhf-gym train`` (its
+    ``policy/``; a run that has not finished yet falls back to its newest checkpoint's policy), or ``tiny`` for the
+    tiny kit's pre-trained policy. A run directory's own ``config.json`` (the run's settings) is never taken for a
+    model's.
     """
     if spec == TINY_POLICY:
         from rlhf_gym.tiny import build_tiny_kit
 
         return build_tiny_kit(progress=False).path
     path = Path(spec).expanduser()
-    if (path / "config.json").is_file():
-        return str(path)
-    if (path / "policy" / "config.json").is_file():
+    if _is_model_dir(path / "policy"):
         return str(path / "policy")
+    if _is_model_dir(path):
+        return str(path)
+    checkpoint = _newest_checkpoint_policy(path)
+    if checkpoint is not None:
+        print(f"{spec}: no policy/ yet (the run has not finished); using {checkpoint}", file=sys.stderr)
+        return str(checkpoint)
     if path.is_dir():
+        what = "a run directory without a saved policy/ or checkpoint" if (path / "config.json").is_file() else \
+            "no saved policy (no model config.json, and no policy/ sub-directory)"
         raise ConfigError(
-            f"{spec!r} holds no saved policy (no config.json, and no policy/ sub-directory); pass a directory "
-            f"written by Policy.save_pretrained or the run directory of `rlhf-gym train`"
+            f"{spec!r} holds {what}; pass a directory written by Policy.save_pretrained or the run directory of "
+            f"`rlhf-gym train`"
         )
     raise ConfigError(
         f"policy {spec!r} does not exist; pass a saved model directory, a run directory, or {TINY_POLICY!r} for "
         f"the tiny kit's policy"
     )
+
+
+def _is_model_dir(path: Path) -> bool:
+    """Whether ``path`` holds a Hugging Face model: a ``config.json`` naming its ``model_type``."""
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "model_type" in data
+
+
+def _newest_checkpoint_policy(run_dir: Path) -> Path | None:
+    """``checkpoints/last/policy`` of a run, else the policy of its highest ``checkpoints/step-N``."""
+    checkpoints = run_dir / "checkpoints"
+    if _is_model_dir(checkpoints / "last" / "policy"):
+        return checkpoints / "last" / "policy"
+    steps = []
+    if checkpoints.is_dir():
+        for child in checkpoints.iterdir():
+            number = child.name.removeprefix("step-")
+            if child.name.startswith("step-") and number.isdigit() and _is_model_dir(child / "policy"):
+                steps.append((int(number), child / "policy"))
+    return max(steps)[1] if steps else None
 
 
 def load_policy(policy: Any) -> Any:

@@ -175,12 +175,18 @@ def reinforce_loss(
 
 
 def rloo_loss(
-    logp: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor | None, group_size: int
+    logp: torch.Tensor,
+    scores: torch.Tensor,
+    mask: torch.Tensor | None,
+    group_size: int,
+    valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE with the leave-one-out baseline (RLOO, Ahmadian et al., 2024).
 
     The ``k = group_size`` completions of each prompt are consecutive rows; each gets the advantage
-    ``s_i - mean_{j≠i} s_j`` (see :func:`rlhf_gym.advantages.rloo_advantages`), then :func:`reinforce_loss`.
+    ``s_i - mean_{j≠i} s_j`` over the scored members ``j`` of its group (see
+    :func:`rlhf_gym.advantages.rloo_advantages`; ``valid`` marks the scored rows, all when None), then
+    :func:`reinforce_loss`. Unscored rows get advantage 0, so they add nothing to the loss.
 
     Returns:
         ``(loss, advantages)`` with the ``(B,)`` advantages for logging.
@@ -190,7 +196,7 @@ def rloo_loss(
         >>> loss, adv
         (tensor(-0.5000), tensor([ 1., -1.]))
     """
-    advantages = rloo_advantages(torch.as_tensor(scores).detach(), group_size).to(logp.device)
+    advantages = rloo_advantages(torch.as_tensor(scores).detach(), group_size, valid).to(logp.device)
     return reinforce_loss(logp, advantages, mask), advantages
 
 
@@ -213,15 +219,19 @@ def dpo_loss(
     beta: float = 0.1,
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
+    chosen_lengths: torch.Tensor | None = None,
+    rejected_lengths: torch.Tensor | None = None,
 ) -> DPOOutput:
-    """Direct preference optimisation losses on sequence log-probs ``(B,)``.
+    """Direct preference optimisation losses on summed sequence log-probs ``(B,)``.
 
     With ``Δ = (logπ(y_w) - logπ(y_l)) - (logπ_ref(y_w) - logπ_ref(y_l))``:
 
     - ``"sigmoid"`` (DPO, Rafailov et al. 2023; conservative DPO when ``label_smoothing = ε > 0``):
       ``-(1 - ε) · log σ(βΔ) - ε · log σ(-βΔ)``
-    - ``"ipo"`` (Azar et al. 2023): ``(Δ - 1 / (2β))²``; Δ is not multiplied by β here. The IPO paper uses
-      log-probs averaged over tokens, so pass those for IPO.
+    - ``"ipo"`` (Azar et al. 2023): ``(Δ̄ - 1 / (2β))²`` with the log-ratios averaged per token,
+      ``Δ̄ = (logπ(y_w) - logπ_ref(y_w)) / |y_w| - (logπ(y_l) - logπ_ref(y_l)) / |y_l|``, as the IPO authors and
+      TRL compute it (summed log-probs would make the loss grow with completion length). ``chosen_lengths`` and
+      ``rejected_lengths`` (completion token counts, ``(B,)``) are required for it; Δ̄ is not multiplied by β.
     - ``"hinge"`` (SLiC): ``relu(1 - βΔ)``
 
     At initialisation (policy == reference) Δ = 0: the sigmoid loss is exactly ``log 2``, both implicit rewards
@@ -262,7 +272,16 @@ def dpo_loss(
         eps = label_smoothing
         losses = -(1.0 - eps) * F.logsigmoid(beta * delta) - eps * F.logsigmoid(-beta * delta)
     elif loss_type == "ipo":
-        losses = (delta - 1.0 / (2.0 * beta)) ** 2
+        if chosen_lengths is None or rejected_lengths is None:
+            raise ConfigError(
+                "loss_type='ipo' averages the log-ratios per token: pass chosen_lengths= and rejected_lengths= "
+                "(the number of completion tokens of each pair, e.g. completion_mask.sum(-1))."
+            )
+        n_chosen = torch.as_tensor(chosen_lengths, device=delta.device).to(delta.dtype).clamp_min(1.0)
+        n_rejected = torch.as_tensor(rejected_lengths, device=delta.device).to(delta.dtype).clamp_min(1.0)
+        _require_same_shape(delta=delta, chosen_lengths=n_chosen, rejected_lengths=n_rejected)
+        per_token_delta = chosen_logratio / n_chosen - rejected_logratio / n_rejected
+        losses = (per_token_delta - 1.0 / (2.0 * beta)) ** 2
     else:
         losses = torch.relu(1.0 - beta * delta)
     return DPOOutput(

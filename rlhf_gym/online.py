@@ -5,6 +5,14 @@ metrics every run logs.
 An algorithm derived from :class:`OnlineAlgorithm` writes only its update: ``train_step`` calls
 :meth:`OnlineAlgorithm.collect` for a scored batch with old and reference log-probs, computes its loss with
 :mod:`rlhf_gym.losses`, and returns ``self.batch_metrics(batch) | its own``.
+
+A batch in which no sample was scored (a live human who did not answer in time, a provider that timed out or
+skipped everything) is normal: ``train_step`` returns :meth:`OnlineAlgorithm.skip_update`'s metrics instead of
+updating. No optimizer step is taken (Adam's momentum would otherwise still move the weights), the KL controller
+and reward statistics are left alone, and ``batch/skipped`` is 1. The skipped batch still counts as one update
+(``num_updates`` advances): an update is one collected batch, so update ``n`` always draws the same prompts and
+samples, a run that stops on an update count stops at the same point with or without answers, and a checkpoint at
+update ``n`` resumes the same sequence.
 """
 
 from __future__ import annotations
@@ -121,6 +129,17 @@ class OnlineAlgorithm(Algorithm):
         return Batch(rollout=rollout, scores=shaped, raw_scores=scores, valid=valid, logprobs=logprobs,
                      ref_logprobs=ref_logprobs, kl=kl, values=values)
 
+    @staticmethod
+    def has_scores(batch: Batch) -> bool:
+        """Whether any sample of ``batch`` was scored (otherwise the update is skipped)."""
+        return bool(batch.valid.any())
+
+    def skip_update(self, batch: Batch) -> dict[str, float]:
+        """Metrics of a batch that carries no learning signal (no sample scored): nothing is stepped or updated."""
+        metrics = self.batch_metrics(batch)
+        metrics["batch/skipped"] = 1.0
+        return metrics
+
     def update_kl_controller(self, batch: Batch) -> None:
         if self.reference is not None:
             self.kl_ctl.update(float(batch.sequence_kl.mean()), len(batch.rollout))
@@ -142,7 +161,13 @@ class OnlineAlgorithm(Algorithm):
             "timing/generation": r.timing.get("generation", 0.0),
             "timing/scoring": r.timing.get("scoring", 0.0),
             "perf/tokens_per_s": r.num_tokens / max(r.timing.get("generation", 0.0), 1e-9),
+            "batch/scored_fraction": float(valid.float().mean()) if valid.numel() else 0.0,
+            "batch/skipped": 0.0,
         }
+        provider = self.rollouts.provider
+        if hasattr(provider, "last_call_timed_out"):  # a provider with a time limit (rlhf_gym.provider_timeout)
+            metrics["batch/timed_out"] = float(bool(provider.last_call_timed_out))
+            metrics["provider/timeouts"] = float(provider.timeouts)
         if raw.numel():
             metrics["objective/scores"] = float(raw.mean())
             metrics["objective/rlhf_reward"] = float((batch.raw_scores - beta * seq_kl)[valid].mean())

@@ -8,14 +8,16 @@ Plugins come from three places, loaded in this order (the first to claim a name 
 3. objects registered at run time with :func:`register_plugin` (tests, notebooks).
 
 A plugin that fails to import, whose hook raises, or that registers a name already taken produces one warning
-naming the plugin and the error; every other plugin keeps working. The registry is built lazily on first use and
-is the only module-level mutable state in rlhf_gym.
+naming the plugin and the error, and registers nothing (its names are staged and kept only when all of them are
+good); every other plugin keeps working. Names in ``RLHF_GYM_DISABLE_PLUGINS`` that match no installed plugin are
+warned about. The registry is built lazily on first use and is the only module-level mutable state in rlhf_gym.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import os
 import threading
 import warnings
@@ -26,7 +28,7 @@ from typing import Any
 import pluggy
 
 from rlhf_gym import hookspecs
-from rlhf_gym.errors import UnknownNameError, unknown_name_message
+from rlhf_gym.errors import ConfigError, UnknownNameError, unknown_name_message
 
 ENTRY_POINT_GROUP = "rlhf_gym"
 DISABLE_ENV_VAR = "RLHF_GYM_DISABLE_PLUGINS"
@@ -92,6 +94,7 @@ class _Registry:
         self._pm: pluggy.PluginManager | None = None
         self._entries: dict[str, dict[str, PluginEntry]] | None = None
         self._sources: dict[str, str] = {}  # plugin name -> distribution
+        self._order: list[str] = []  # plugin names in loading order
         self._runtime: list[tuple[Any, str]] = []
 
     # -- loading -------------------------------------------------------------------------------------------
@@ -110,10 +113,12 @@ class _Registry:
                 continue
             pm.register(module, name=module_name)
             self._sources[module_name] = BUILTIN_DISTRIBUTION
+            self._order.append(module_name)
 
         disable_all, disabled = _disabled_plugins()
         if not disable_all:
-            for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+            for ep in eps:
                 dist = ep.dist.name if ep.dist is not None else "<unknown>"
                 if ep.name in disabled or dist in disabled or ep.value in disabled:
                     continue
@@ -126,6 +131,8 @@ class _Registry:
                     self._warn(ep.name, exc)
                     continue
                 self._sources[ep.name] = dist
+                self._order.append(ep.name)
+            self._warn_unknown_disabled(disabled, eps)
 
         for plugin, name in self._runtime:
             try:
@@ -134,32 +141,79 @@ class _Registry:
                 self._warn(name, exc)
                 continue
             self._sources[name] = "<runtime>"
+            self._order.append(name)
         return pm
 
+    def _warn_unknown_disabled(self, disabled: set[str], eps: list[importlib.metadata.EntryPoint]) -> None:
+        """Warn about names in ``RLHF_GYM_DISABLE_PLUGINS`` that match no installed plugin (a typo disables nothing)."""
+        known: set[str] = set()
+        for ep in eps:
+            known.update({ep.name, ep.value} | ({ep.dist.name} if ep.dist is not None else set()))
+        unknown = sorted(disabled - known)
+        if not unknown:
+            return
+        builtin_names = set(BUILTIN_PLUGINS) | {m.rsplit(".", 1)[-1] for m in BUILTIN_PLUGINS} | {BUILTIN_DISTRIBUTION}
+        builtin = [n for n in unknown if n in builtin_names]
+        listed = ", ".join(sorted({ep.name for ep in eps})) or "(no external plugins are installed)"
+        note = f" ({', '.join(builtin)}: built-in plugins are always on)" if builtin else ""
+        warnings.warn(
+            f"{DISABLE_ENV_VAR} names {', '.join(repr(n) for n in unknown)}, which no installed plugin has{note}; "
+            f"installed plugins: {listed}. Names are entry-point or distribution names, comma separated.",
+            PluginWarning, stacklevel=4)
+
     def _collect(self, pm: pluggy.PluginManager) -> dict[str, dict[str, PluginEntry]]:
-        entries: dict[str, dict[str, PluginEntry]] = {kind: {} for kind in KINDS}
+        """Run every plugin's hooks and register its names, all or nothing per plugin.
+
+        Each plugin's names (of every kind) are staged first; a plugin whose hook raises, or that registers a
+        name already taken (by an earlier plugin or by itself), is reported once and leaves nothing registered.
+        Plugins are taken in loading order, so built-ins keep their names.
+        """
+        staged: dict[str, list[PluginEntry]] = {}
+        failed: dict[str, str] = {}
         for kind, hook_name in KINDS.items():
             hook = getattr(pm.hook, hook_name)
-            # get_hookimpls() lists implementations in registration order: built-ins first, so they own their names.
             for impl in hook.get_hookimpls():
                 plugin_name = impl.plugin_name
                 dist = self._sources.get(plugin_name, "<unknown>")
+                mine = staged.setdefault(plugin_name, [])
 
-                def register(name: str, obj: Any, _plugin: str = plugin_name, _dist: str = dist, kind: str = kind) -> None:
+                def register(name: str, obj: Any, _mine: list[PluginEntry] = mine, _plugin: str = plugin_name,
+                             _dist: str = dist, _kind: str = kind) -> None:
                     if not isinstance(name, str) or not name:
-                        raise ValueError(f"a {kind} name must be a non-empty string, got {name!r}")
+                        raise ValueError(f"a {_kind} name must be a non-empty string, got {name!r}")
                     if not callable(obj):
-                        raise TypeError(f"{kind} {name!r} must be a class or a factory, got {obj!r}")
-                    if name in entries[kind]:
-                        owner = entries[kind][name].plugin
-                        raise ValueError(f"{kind} name {name!r} is already registered by plugin {owner!r}")
-                    entries[kind][name] = PluginEntry(name, kind, obj, _plugin, _dist)
+                        raise TypeError(f"{_kind} {name!r} must be a class or a factory, got {obj!r}")
+                    if any(e.kind == _kind and e.name == name for e in _mine):
+                        raise ValueError(f"{_kind} name {name!r} is registered twice by this plugin")
+                    _mine.append(PluginEntry(name, _kind, obj, _plugin, _dist))
 
                 try:
                     impl.function(register=register)
                 except Exception as exc:
-                    self._warn(plugin_name, exc)
+                    failed.setdefault(plugin_name, f"{type(exc).__name__}: {exc}")
+
+        entries: dict[str, dict[str, PluginEntry]] = {kind: {} for kind in KINDS}
+        for plugin_name in sorted(staged, key=self._load_rank):
+            if plugin_name not in failed:
+                taken = [e for e in staged[plugin_name] if e.name in entries[e.kind]]
+                if taken:
+                    first = taken[0]
+                    owner = entries[first.kind][first.name].plugin
+                    failed[plugin_name] = (f"ValueError: {first.kind} name {first.name!r} is already registered by "
+                                           f"plugin {owner!r}")
+            if plugin_name in failed:
+                self._warn(plugin_name, failed[plugin_name] + "; nothing of this plugin was registered")
+                continue
+            for entry in staged[plugin_name]:
+                entries[entry.kind][entry.name] = entry
         return entries
+
+    def _load_rank(self, plugin_name: str) -> int:
+        """Position of a plugin in loading order (built-ins, entry points, run-time ones)."""
+        try:
+            return self._order.index(plugin_name)
+        except ValueError:
+            return len(self._order)
 
     def entries(self) -> dict[str, dict[str, PluginEntry]]:
         with self._lock:
@@ -173,6 +227,7 @@ class _Registry:
             self._pm = None
             self._entries = None
             self._sources = {}
+            self._order = []
 
     def add_runtime(self, plugin: Any, name: str) -> None:
         with self._lock:
@@ -249,14 +304,58 @@ def make_reward(name: str, **kwargs: Any):
 
     A factory may return a :class:`~rlhf_gym.RewardProvider` or a TRL-style callable; either way a provider comes
     back.
+
+    ``timeout`` (seconds) applies to every provider, see :func:`rlhf_gym.provider_timeout.with_timeout`, unless the
+    provider's own constructor takes a ``timeout``. Keyword arguments the provider does not take are a
+    :class:`~rlhf_gym.errors.ConfigError` that lists the ones it does.
     """
     from rlhf_gym.providers import as_provider
 
     entry = get_entry("reward", name)
-    provider = as_provider(entry.obj(**kwargs))
-    if getattr(provider, "name", None) in (None, "", type(provider).__name__):
+    accepted = _keyword_names(entry.obj)
+    timeout = kwargs.pop("timeout", None) if accepted is None or "timeout" not in accepted else None
+    if accepted is not None and not _takes_var_keyword(entry.obj):
+        unknown = sorted(set(kwargs) - accepted)
+        if unknown:
+            raise ConfigError(
+                f"reward provider {name!r} does not take {', '.join(repr(k) for k in unknown)}; its keyword "
+                f"arguments are: {', '.join(sorted(accepted | {'timeout'})) or '(none)'}")
+    try:
+        built = entry.obj(**kwargs)
+    except TypeError as exc:
+        if "keyword argument" not in str(exc):
+            raise
+        listed = ", ".join(sorted((accepted or set()) | {"timeout"}))
+        raise ConfigError(f"reward provider {name!r} does not take these keyword arguments ({exc}); it takes: "
+                          f"{listed}") from None
+    provider = as_provider(built)
+    if getattr(provider, "name", None) in (None, "", "<lambda>", type(provider).__name__):
         provider.name = name
+    if timeout is not None:
+        from rlhf_gym.provider_timeout import with_timeout
+
+        provider = with_timeout(provider, timeout)
     return provider
+
+
+def _signature(obj: Any) -> inspect.Signature | None:
+    try:
+        return inspect.signature(obj)
+    except (TypeError, ValueError):
+        return None
+
+
+def _keyword_names(obj: Any) -> set[str] | None:
+    """Names a class or factory accepts by keyword (None when its signature cannot be read)."""
+    sig = _signature(obj)
+    if sig is None:
+        return None
+    return {p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _takes_var_keyword(obj: Any) -> bool:
+    sig = _signature(obj)
+    return sig is None or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
 
 
 def make_algorithm(name: str, env: Any = None, policy: Any = None, **config: Any):

@@ -218,10 +218,14 @@ def evaluate(policy: Any, env: Any, *, num_samples: int = 128, batch_size: int =
             ``Σ_t log π(y_t) − log π_ref(y_t)`` of the samples (``"kl"``), e.g. to the SFT policy.
 
     Returns:
-        ``{"mean", "std", "scores", "samples", "mean_length"}`` and ``"kl"`` with a reference.
+        ``{"mean", "std", "scores", "samples", "mean_length"}`` and ``"kl"`` with a reference. Unscored samples
+        are replaced by fresh ones for up to four times the batches ``num_samples`` needs; after that ``scores``
+        holds what was scored (fewer than ``num_samples``), or a RewardError says nothing was.
     """
     from rlhf_gym.providers import as_provider, checked_scores
 
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ConfigError(f"num_samples must be a whole number ≥ 1 of samples to score, got {num_samples!r}")
     batch_size = min(batch_size, num_samples)
     worker = RolloutWorker(env, policy, num_prompts=batch_size, seed=seed, temperature=temperature)
     judge = as_provider(reward) if reward is not None else None
@@ -235,8 +239,21 @@ def evaluate(policy: Any, env: Any, *, num_samples: int = 128, batch_size: int =
     kls: list[float] = []
     was_training = policy.training
     policy.eval()
+    # Unscored samples are drawn again, but not forever: a provider that scores nothing (a live human away, a
+    # provider timing out) ends the evaluation instead of looping.
+    max_batches = 4 * -(-num_samples // batch_size)
+    drawn = 0
     try:
         while len(scores) < num_samples:
+            if drawn == max_batches:
+                if not scores:
+                    from rlhf_gym.errors import RewardError
+
+                    name = getattr(judge or worker.provider, "name", None) or "the reward provider"
+                    raise RewardError(f"{name!r} scored none of the {drawn * batch_size} samples drawn for the "
+                                      f"evaluation (every score was None); check the provider or its timeout")
+                break  # report the scored ones; len(out["scores"]) says how many
+            drawn += 1
             batch = worker.collect(return_logprobs=True, score=judge is None)
             if judge is not None:
                 values = checked_scores(judge, judge.score(batch.prompts, batch.completions), len(batch))

@@ -102,18 +102,23 @@ def _read_config_file(path: str) -> dict[str, Any]:
     if not p.exists():
         raise ConfigError(f"config file {path!r} does not exist")
     text = p.read_text()
-    if p.suffix.lower() == ".toml":
-        import tomllib
+    try:
+        if p.suffix.lower() == ".toml":
+            import tomllib
 
-        data = tomllib.loads(text)
-    elif p.suffix.lower() in (".yaml", ".yml"):
-        import yaml
+            data = tomllib.loads(text)
+        elif p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
 
-        data = yaml.safe_load(text) or {}
-    elif p.suffix.lower() == ".json":
-        data = json.loads(text)
-    else:
-        raise ConfigError(f"config file {path!r}: use .yaml, .yml, .toml or .json")
+            data = yaml.safe_load(text) or {}
+        elif p.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file {path!r}: use .yaml, .yml, .toml or .json")
+    except ConfigError:
+        raise
+    except Exception as exc:  # yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError
+        raise ConfigError(f"config file {path!r} cannot be parsed: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path!r} must hold a mapping of option: value")
     return data
@@ -168,7 +173,37 @@ def resolve_options(args: argparse.Namespace, extra: list[str]) -> RunOptions:
     if isinstance(opts.ground_truth, str) and opts.ground_truth.lower() in ("none", ""):
         opts.ground_truth = None
     opts.algo_config = algo_config
+    validate_options(opts)
     return opts
+
+
+#: run options that are counts, with the smallest value each accepts
+_COUNT_OPTIONS = {"updates": 1, "sft_updates": 0, "eval_samples": 1, "max_new_tokens": 1, "max_prompt_tokens": 1,
+                  "seed": 0}
+
+
+def validate_options(opts: RunOptions) -> None:
+    """Reject run options no run can use, before any work starts, naming the option as the command line spells it."""
+    for key, low in _COUNT_OPTIONS.items():
+        value = getattr(opts, key)
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{flag} must be a whole number ≥ {low}, got {value!r}")
+        if value < low:
+            raise ConfigError(f"{flag} must be ≥ {low}, got {value}" + (
+                "; runs stop on update counts, so give the number of RL updates to make" if key == "updates" else
+                "; the before/after evaluation needs samples (≥ 128 keeps its noise low)" if key == "eval_samples"
+                else ""))
+    for key in ("algo", "reward"):
+        if not isinstance(getattr(opts, key), str) or not getattr(opts, key):
+            raise ConfigError(f"--{key} must be a name (see `rlhf-gym plugins`), got {getattr(opts, key)!r}")
+    if not isinstance(opts.reward_kwargs, dict):
+        raise ConfigError(f"--reward-kwargs must be a JSON object of keyword arguments, got {opts.reward_kwargs!r}")
+    from rlhf_gym.plugins import get_entry
+
+    for name in (opts.reward, opts.ground_truth):  # unknown names fail now, not after the SFT warm-up
+        if name is not None:
+            get_entry("reward", name)
 
 
 # -- the run ------------------------------------------------------------------------------------------------------

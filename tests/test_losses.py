@@ -155,8 +155,9 @@ def test_dpo_label_smoothing_mixes_in_the_flipped_preference():
 
 
 def test_dpo_ipo_loss_does_not_scale_the_log_ratio_by_beta():
-    losses, _, _ = dpo_loss(PC, PR, RC, RR, beta=0.5, loss_type="ipo")
-    # (Δ - 1/(2β))² with 1/(2β) = 1
+    ones = torch.ones(2)
+    losses, _, _ = dpo_loss(PC, PR, RC, RR, beta=0.5, loss_type="ipo", chosen_lengths=ones, rejected_lengths=ones)
+    # (Δ - 1/(2β))² with 1/(2β) = 1 (one-token completions: the per-token average is the sum)
     assert losses.tolist() == pytest.approx([(2.0 - 1.0) ** 2, (-1.0 - 1.0) ** 2])
 
 
@@ -172,7 +173,9 @@ def test_dpo_at_init_has_zero_rewards_and_equal_and_opposite_gradients(loss_type
     ref_c, ref_r = -10 * torch.rand(4, generator=g), -10 * torch.rand(4, generator=g)
     pol_c, pol_r = ref_c.clone().requires_grad_(), ref_r.clone().requires_grad_()
     beta = 0.1
-    losses, chosen, rejected = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=beta, loss_type=loss_type)
+    lengths = torch.full((4,), 3)  # equal lengths: IPO's per-token average keeps the symmetry
+    losses, chosen, rejected = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=beta, loss_type=loss_type,
+                                        chosen_lengths=lengths, rejected_lengths=lengths)
     assert chosen.abs().max().item() == 0.0 and rejected.abs().max().item() == 0.0
     if loss_type == "sigmoid":
         assert losses.tolist() == pytest.approx([math.log(2.0)] * 4)

@@ -157,3 +157,90 @@ def test_installed_example_plugin_appears_in_cli_listing():
     line = next(row for row in out.stdout.splitlines() if row.startswith("keyword-count"))
     assert "reward" in line and "rlhf-keyword-plugin" in line
     assert any(row.startswith("ppo ") and "algorithm" in row for row in out.stdout.splitlines())
+
+
+# -- all or nothing per plugin; unknown names in RLHF_GYM_DISABLE_PLUGINS -------------------------------------------
+
+HALF_DUPLICATE = """
+import rlhf_gym
+
+@rlhf_gym.hookimpl
+def register_reward_providers(register):
+    register("shout", lambda: (lambda prompts, completions, **kw: [1.0] * len(prompts)))
+    register({second!r}, lambda: (lambda prompts, completions, **kw: [0.0] * len(prompts)))
+
+@rlhf_gym.hookimpl
+def register_algorithms(register):
+    register({algo!r}, rlhf_gym.Algorithm)
+"""
+
+
+@pytest.mark.parametrize(("second", "algo", "why"), [
+    ("composite", "my-algo", "'composite' is already registered"),  # duplicate in the same hook, after a good one
+    ("loud", "ppo", "'ppo' is already registered"),  # duplicate in the other hook
+    ("shout", "my-algo", "registered twice by this plugin"),  # its own name twice
+])
+def test_a_skipped_plugin_leaves_nothing_registered(fake_distribution, second, algo, why):
+    module = f"half_dup_{second}_{algo}".replace("-", "_")  # a fresh module per case (sys.modules caches them)
+    fake_distribution("half-dup", {"halfdup": module}, {module: HALF_DUPLICATE.format(second=second, algo=algo)})
+    with pytest.warns(PluginWarning, match=rf"'halfdup'.*{why}.*nothing of this plugin was registered") as record:
+        entries = {e.name: e for e in rlhf_gym.list_plugins()}
+    assert len([w for w in record if "halfdup" in str(w.message)]) == 1
+    assert "shout" not in entries and "loud" not in entries and "my-algo" not in entries
+    assert entries["composite"].distribution == BUILTIN_DISTRIBUTION
+    assert entries["ppo"].distribution == BUILTIN_DISTRIBUTION
+    with pytest.raises(UnknownNameError):
+        rlhf_gym.make_reward("shout")
+
+
+def test_a_hook_that_raises_after_registering_leaves_nothing():
+    class Partial:
+        @rlhf_gym.hookimpl
+        def register_reward_providers(self, register):
+            register("half-made", lambda: (lambda prompts, completions, **kw: [1.0] * len(prompts)))
+
+        @rlhf_gym.hookimpl
+        def register_algorithms(self, register):
+            raise RuntimeError("missing dependency")
+
+    name = rlhf_gym.register_plugin(Partial(), name="partial")
+    try:
+        with pytest.warns(PluginWarning, match="'partial'.*missing dependency.*nothing"):
+            assert "half-made" not in {e.name for e in rlhf_gym.list_plugins()}
+    finally:
+        rlhf_gym.unregister_plugin(name)
+
+
+def test_a_clean_plugin_next_to_a_skipped_one_is_kept(fake_distribution):
+    fake_distribution("two", {"aaa": "aaa_plugin", "zzz": "zzz_plugin"},
+                      {"aaa_plugin": GOOD_PLUGIN, "zzz_plugin": GOOD_PLUGIN.replace("Shout", "Other")})
+    with pytest.warns(PluginWarning, match="'zzz'.*'shout' is already registered by plugin 'aaa'"):
+        entries = {e.name: e for e in rlhf_gym.list_plugins()}
+    assert entries["shout"].plugin == "aaa"
+
+
+@pytest.mark.parametrize(("value", "unknown", "builtin"), [
+    ("shuot", "'shuot'", False),
+    ("shout,nope", "'nope'", False),
+    ("ppo", "'ppo'", True),
+    ("rlhf_gym", "'rlhf_gym'", True),
+])
+def test_unknown_names_in_the_disable_variable_are_warned_about(fake_distribution, monkeypatch, value, unknown,
+                                                                   builtin):
+    fake_distribution("shout-plugin", {"shout": "shout_plugin"}, {"shout_plugin": GOOD_PLUGIN})
+    monkeypatch.setenv("RLHF_GYM_DISABLE_PLUGINS", value)
+    rlhf_gym.reload_plugins()
+    with pytest.warns(PluginWarning, match=rf"RLHF_GYM_DISABLE_PLUGINS names {unknown}.*installed plugins: .*shout") \
+            as record:
+        entries = {e.name for e in rlhf_gym.list_plugins()}
+    assert any("built-in plugins are always on" in str(w.message) for w in record) == builtin
+    assert ("shout" in entries) == ("shout" not in value.split(","))
+
+
+def test_known_names_in_the_disable_variable_give_no_warning(fake_distribution, monkeypatch):
+    fake_distribution("shout-plugin", {"shout": "shout_plugin"}, {"shout_plugin": GOOD_PLUGIN})
+    monkeypatch.setenv("RLHF_GYM_DISABLE_PLUGINS", "shout, shout-plugin")
+    rlhf_gym.reload_plugins()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PluginWarning)
+        rlhf_gym.list_plugins()

@@ -357,7 +357,7 @@ def build_setup(
                 f"the tokenizer's {label} id {token_id} lies outside the action space [0, {size})"
             )
     prompt_set = tokenize_prompts(tok, texts, extras, max_prompt_tokens, int(pad))
-    provider = as_provider(reward, reward_kwargs)
+    provider = as_provider(reward, reward_kwargs, tokenizer=tok)
     return TextEnvSetup(
         tokenizer=tok,
         provider=provider,

@@ -28,6 +28,7 @@ from rlhf_gym.envs.common import (
     decode_completions,
     score_batch,
 )
+from rlhf_gym.envs.render import RENDER_MODES, check_render_mode, render_frame
 
 ENV_ID = "rlhf_gym/Completion-v0"
 
@@ -50,7 +51,7 @@ class CompletionEnv(ProviderAwareSpec, gym.Env):
 
     Takes the keyword arguments of :class:`~rlhf_gym.envs.textgen.TextGenEnv` (``tokenizer``, ``prompts``,
     ``reward``, ``reward_kwargs``, ``max_prompt_tokens``, ``max_new_tokens``, ``vocab_size``, ``model``,
-    ``shuffle``).
+    ``shuffle``, ``render_mode``: ``"ansi"`` or ``"rgb_array"`` show the prompt and its last completion).
 
     Spaces:
         observation: ``Dict(input_ids=Box(int64, (max_prompt_tokens,)), attention_mask=...)``, left-padded.
@@ -73,7 +74,7 @@ class CompletionEnv(ProviderAwareSpec, gym.Env):
         (10.0, True, ' great fun')
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": RENDER_MODES, "render_fps": 1}
 
     def __init__(
         self,
@@ -88,6 +89,7 @@ class CompletionEnv(ProviderAwareSpec, gym.Env):
         shuffle: bool = True,
         render_mode: str | None = None,
     ):
+        check_render_mode(ENV_ID, render_mode)  # before anything is loaded
         self._setup = build_setup(
             ENV_ID,
             tokenizer=tokenizer,
@@ -100,9 +102,9 @@ class CompletionEnv(ProviderAwareSpec, gym.Env):
             model=model,
             shuffle=shuffle,
         )
-        if render_mode is not None:
-            raise ValueError(f"{ENV_ID} has no render modes; pass render_mode=None")
         self.metadata = self._init_metadata(type(self).metadata)
+        self.render_mode = render_mode
+        self._last_completion = ""
         setup = self._setup
         self.observation_space = _prompt_space(setup.max_prompt_tokens, setup.vocab_size)
         self.action_space = _completion_space(setup.max_new_tokens, setup.vocab_size)
@@ -135,6 +137,7 @@ class CompletionEnv(ProviderAwareSpec, gym.Env):
             self._sampler.restart()
         self._prompt_index = int(self._sampler.draw(self.np_random, 1)[0])
         self._done = False
+        self._last_completion = ""
         return self._observation(), self._prompt_info()
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
@@ -147,6 +150,7 @@ class CompletionEnv(ProviderAwareSpec, gym.Env):
         completions = decode_completions(self._setup, tokens, lengths)
         batch = score_batch(self._setup, np.array([self._prompt_index]), completions)
         self._done = True
+        self._last_completion = batch.completions[0]
         info = self._prompt_info()
         info.update(
             completion=batch.completions[0],
@@ -156,6 +160,11 @@ class CompletionEnv(ProviderAwareSpec, gym.Env):
         )
         info.update({key: values[0] for key, values in batch.extras.items()})
         return self._observation(), float(batch.rewards[0]), True, False, info
+
+    def render(self) -> str | np.ndarray | None:
+        """The prompt and its last completion: text (``"ansi"``) or an RGB image (``"rgb_array"``)."""
+        prompt = self._setup.prompts.texts[self._prompt_index] if self._prompt_index >= 0 else None
+        return render_frame(self.render_mode, prompt, self._last_completion)
 
     def close(self) -> None:
         """Close the reward provider (once)."""

@@ -27,6 +27,7 @@ from rlhf_gym.envs.common import (
     decode_completions,
     score_batch,
 )
+from rlhf_gym.envs.render import RENDER_MODES, check_render_mode, render_frame
 
 ENV_ID = "rlhf_gym/TextGen-v0"
 
@@ -55,7 +56,8 @@ class TextGenEnv(ProviderAwareSpec, gym.Env):
         vocab_size: size of the action space; defaults to ``model``'s head, else ``len(tokenizer)``.
         model: a model object or name/path whose head size gives ``vocab_size``.
         shuffle: draw prompts in a seeded random order (each prompt once per pass) instead of in order.
-        render_mode: ``"ansi"`` to render the prompt and the completion so far as text.
+        render_mode: ``"ansi"`` to render the prompt and the completion so far as text, ``"rgb_array"`` as an
+            image (what stable-baselines3's ``make_vec_env`` and video recorders ask for).
 
     Spaces:
         observation: ``Dict(input_ids=Box(int64, (L,)), attention_mask=Box(int64, (L,)))`` with
@@ -82,7 +84,7 @@ class TextGenEnv(ProviderAwareSpec, gym.Env):
         (True, 0.0, '')
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": RENDER_MODES, "render_fps": 4}
 
     def __init__(
         self,
@@ -97,6 +99,7 @@ class TextGenEnv(ProviderAwareSpec, gym.Env):
         shuffle: bool = True,
         render_mode: str | None = None,
     ):
+        check_render_mode(ENV_ID, render_mode)  # before anything is loaded
         self._setup = build_setup(
             ENV_ID,
             tokenizer=tokenizer,
@@ -109,10 +112,6 @@ class TextGenEnv(ProviderAwareSpec, gym.Env):
             model=model,
             shuffle=shuffle,
         )
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}"
-            )
         self.metadata = self._init_metadata(type(self).metadata)
         self.render_mode = render_mode
         setup = self._setup
@@ -203,13 +202,13 @@ class TextGenEnv(ProviderAwareSpec, gym.Env):
         info.update({key: values[0] for key, values in batch.extras.items()})
         return self._observation(), float(batch.rewards[0]), terminated, truncated, info
 
-    def render(self) -> str | None:
-        """With ``render_mode="ansi"``: the prompt followed by the completion so far."""
-        if self.render_mode != "ansi" or self._prompt_index < 0:
+    def render(self) -> str | np.ndarray | None:
+        """The prompt followed by the completion so far: text (``"ansi"``) or an RGB image (``"rgb_array"``)."""
+        if self.render_mode is None or self._prompt_index < 0:
             return None
         tokens = np.asarray([self._generated], dtype=np.int64)
         completion = decode_completions(self._setup, tokens)[0] if self._generated else ""
-        return f"{self._setup.prompts.texts[self._prompt_index]}{completion}"
+        return render_frame(self.render_mode, self._setup.prompts.texts[self._prompt_index], completion)
 
     def close(self) -> None:
         """Close the reward provider (once)."""

@@ -17,6 +17,7 @@ completion to rate) is never asked again: its stored answer is reused.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import math
 import os
@@ -135,6 +136,11 @@ class LiveHuman(RewardProvider):
             self.store = PreferenceStore(path)
             if store is None:
                 print(f"live-human: preference store at {path}", file=sys.stderr)
+        #: seconds between "still waiting" reminders while a batch waits for answers (web and queue)
+        self.reminder_interval_s = 60.0
+        #: batches that went on with answers missing (wait policy's timeout), and whether the last one did
+        self.timeouts = 0
+        self.last_call_timed_out = False
         self._submitted: dict[int, None] = {}  # ordered set of ids handed out by submit()
         self._polled: set[int] = set()
         self._web: Any = None
@@ -190,6 +196,8 @@ class LiveHuman(RewardProvider):
             return {a.query_id: a for a in self.store.answers(query_ids=ids)}
 
         got = answered()
+        self.last_call_timed_out = False
+        announced = None
         while len(got) < need and (deadline is None or time.monotonic() < deadline):
             if self.ui == "terminal":
                 got = self._ask_in_terminal(ids, need, deadline)
@@ -199,12 +207,41 @@ class LiveHuman(RewardProvider):
             else:
                 if self.ui == "web":
                     self._ensure_web()
+                if announced is None or time.monotonic() - announced >= self.reminder_interval_s:
+                    self._announce_wait(len(ids), len(got), need, policy, first=announced is None)
+                    announced = time.monotonic()
                 time.sleep(policy.poll_interval_s)
                 got = answered()
+        if len(got) < need:
+            self.timeouts += 1
+            self.last_call_timed_out = True
+            if self.ui != "terminal" and policy.timeout_s is not None:
+                print(f"live-human: {len(ids) - len(got)} of {len(ids)} queries unanswered after "
+                      f"{policy.timeout_s:g} s; training goes on without their scores", file=sys.stderr, flush=True)
         if policy.drop_unanswered:
             self.store.withdraw([i for i in ids if i not in got])
             got = answered()  # an answer may have landed just before the withdrawal
         return got
+
+    def _announce_wait(self, total: int, answered: int, need: int, policy: WaitPolicy, first: bool) -> None:
+        """Say on stderr that training waits, for whom and where (once, then every ``reminder_interval_s``)."""
+        where = f"the page at {self._web.url}" if self._web is not None else \
+            f"`rlhf-gym label --store {self.store.location}`"
+        who = f"annotator {self.annotator!r}" if self.ui == "web" else "an annotator"
+        limit = "" if policy.timeout_s is None else f" (at most {policy.timeout_s:g} s)"
+        if first:
+            print(f"live-human: waiting for {who} to answer {need - answered} of {total} queries in store "
+                  f"{self.store.location} — answer them with {where}{limit}", file=sys.stderr, flush=True)
+        else:
+            print(f"live-human: still waiting for {who}: {answered} of {total} answered, {need} needed{limit}",
+                  file=sys.stderr, flush=True)
+
+    def apply_timeout(self, seconds: float) -> None:
+        """Give up waiting after ``seconds`` per batch (tighter limits already set stay); unanswered queries are
+        withdrawn and score ``None``, answers given in time are kept."""
+        current = self.wait_policy.timeout_s
+        limit = seconds if current is None else min(current, seconds)
+        self.wait_policy = dataclasses.replace(self.wait_policy, timeout_s=limit, drop_unanswered=True)
 
     # -- provider API ------------------------------------------------------------------------------------------------
     def score(self, prompts: list[str], completions: list[str], **row: Any) -> list[Score]:
