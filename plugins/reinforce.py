@@ -19,6 +19,7 @@ from rlhf_gym.advantages import (
     MovingAverageBaseline,
     fill_unscored_with_group_mean,
     masked_mean,
+    masked_scale,
     rloo_advantages,
 )
 from rlhf_gym.config import hp
@@ -54,8 +55,8 @@ class PolicyGradient(OnlineAlgorithm):
         # -- advantages: sequence reward = score − β·KL, minus the baseline ----------------------------------------
         rewards = batch.scores - self.kl_ctl.value * batch.sequence_kl
         adv = self.advantages(rewards, batch.valid)
-        if cfg.normalize_advantages and bool(batch.valid.any()):
-            adv = adv / (adv[batch.valid].std() + 1e-8)
+        if cfg.normalize_advantages:
+            adv = masked_scale(adv, batch.valid)
         # -- update: one gradient step on −A·log π(y|x) --------------------------------------------------------------
         start = time.perf_counter()
         mask = r.completion_mask * batch.valid.unsqueeze(-1).to(r.completion_mask.dtype)
@@ -88,8 +89,7 @@ class REINFORCE(PolicyGradient):
     def advantages(self, rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Reward minus the moving average of earlier rewards (updated with this batch's scored samples)."""
         adv = torch.zeros_like(rewards)
-        if bool(valid.any()):
-            adv[valid] = self.baseline(rewards[valid])
+        adv[valid] = self.baseline(rewards[valid])
         return adv
 
     def extra_state(self):
