@@ -47,7 +47,10 @@ def shard_batch(batch: Batch, rank: int, world: int) -> Batch:
     """Rank ``rank``'s contiguous rows of a global batch, as the learners split it."""
     start, stop = _block(batch.rollout.prompt_ids.shape[0], rank, world)
     index = torch.arange(start, stop)
-    pick = (lambda t: None if t is None else t[index])
+
+    def pick(t):
+        return None if t is None else t[index]
+
     return Batch(rollout=batch.rollout.select(index), scores=pick(batch.scores), raw_scores=pick(batch.raw_scores),
                  valid=pick(batch.valid), logprobs=pick(batch.logprobs), ref_logprobs=pick(batch.ref_logprobs),
                  kl=pick(batch.kl), values=pick(batch.values))
