@@ -486,6 +486,20 @@ class Policy(nn.Module):
                 self._reference.dtype = self.compute_dtype
         return self
 
+    def add_lora(self, lora: Any) -> Policy:
+        """Wrap the language model in a fresh LoRA adapter (a ``peft.LoraConfig`` or a dict of its arguments):
+        from now on only the adapter (and the value head) train, and the reference is these weights with the
+        adapter switched off. Returns ``self``."""
+        if self.is_peft:
+            raise ConfigError("this policy already has a LoRA adapter; train it as it is")
+        if self._reference is not None:
+            raise ConfigError("add the LoRA adapter before the reference model is built")
+        self.model = _apply_lora(self.model, lora)
+        trunk, head = _split_lm(self.model)
+        object.__setattr__(self, "_trunk", trunk)
+        object.__setattr__(self, "_head", head)
+        return self
+
     def _autocast(self) -> Any:
         return autocast(self.device, self.compute_dtype)
 

@@ -103,9 +103,10 @@ def free_port() -> int:
 
 def init_process_group(rank: int, world_size: int, *, port: int, backend: str = "gloo",
                        address: str = "127.0.0.1") -> None:
-    """Join a group of ``world_size`` learners that meet at ``address:port``."""
-    os.environ["MASTER_ADDR"] = address
-    os.environ["MASTER_PORT"] = str(port)
+    """Join a group of ``world_size`` learners on this machine that meet at ``address:port``; the process's
+    environment then describes it as torchrun's would (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``)."""
+    os.environ.update(MASTER_ADDR=address, MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size))
     dist.init_process_group(backend, rank=rank, world_size=world_size)
 
 
