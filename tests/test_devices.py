@@ -213,3 +213,60 @@ def test_float16_scales_the_loss_and_skips_steps_with_inf_gradients(policy, tmp_
 
 def _one_demo(algo):
     return (algo.prompt_ids[:2], algo.prompt_mask[:2], algo.completion_ids[:2], algo.completion_mask[:2])
+
+
+# -- the learned reward model and the SB3 policy ------------------------------------------------------------------
+@pytest.fixture
+def reward_model_dir(random_model_path, tmp_path):
+    from transformers import AutoTokenizer
+
+    from rlhf_gym.reward_model import RewardModel, RewardModelConfig, _new_member
+
+    tokenizer = AutoTokenizer.from_pretrained(random_model_path)
+    member = _new_member(random_model_path, RewardModelConfig(backbone=random_model_path), tokenizer.pad_token_id, 0)
+    RewardModel([member], tokenizer, max_length=32).save_pretrained(tmp_path / "rm")
+    return str(tmp_path / "rm")
+
+
+def test_learned_rm_scores_in_its_own_dtype_on_its_own_device(reward_model_dir):
+    prompts, completions = ["The film was"] * 4, [" great", " awful and long", " fine.", " a mess"]
+    full = rlhf_gym.make_reward("learned-rm", path=reward_model_dir, device="cpu")
+    low = rlhf_gym.make_reward("learned-rm", path=reward_model_dir, device="cpu", dtype="bfloat16")
+    assert {p.dtype for p in low.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in full.model.parameters()} == {torch.float32}
+    exact, rounded = full.score(prompts, completions), low.score(prompts, completions)
+    assert all(isinstance(s, float) for s in rounded)
+    assert max(abs(a - b) for a, b in zip(exact, rounded)) < 0.1 * (max(exact) - min(exact)) + 1e-3
+    assert exact != rounded  # it really ran in bfloat16
+
+
+@no_cuda
+@pytest.mark.parametrize(("kwargs", "match"), [({"device": "cuda"}, "no CUDA"), ({"device": "meta"}, "valid:"),
+                                               ({"dtype": "int4"}, "valid: float32")])
+def test_learned_rm_rejects_a_device_or_dtype_it_cannot_have(reward_model_dir, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        rlhf_gym.make_reward("learned-rm", path=reward_model_dir, **kwargs)
+
+
+def test_sb3_policy_runs_its_trunk_in_bfloat16_and_refuses_float16(policy):
+    from stable_baselines3 import PPO
+
+    from rlhf_gym.sb3 import make_sb3_env
+
+    env = make_sb3_env(n_envs=2, tokenizer=policy.tokenizer, prompts=tiny.review_prompts(4), reward=length_reward,
+                       max_new_tokens=4, max_prompt_tokens=8, vocab_size=policy.vocab_size)
+    model = PPO("CausalLMPolicy", env, policy_kwargs={"model": policy, "dtype": "bfloat16"}, n_steps=4,
+                batch_size=8, n_epochs=1, device="cpu")
+    assert policy.compute_dtype is torch.bfloat16
+    assert {p.dtype for p in model.policy.parameters()} == {torch.float32}
+    obs = model.env.reset()
+    with torch.no_grad():
+        features = model.policy.extract_features(model.policy.obs_to_tensor(obs)[0])
+        policy.compute_dtype = torch.float32
+        exact = model.policy.extract_features(model.policy.obs_to_tensor(obs)[0])
+        policy.compute_dtype = torch.bfloat16
+    assert features.dtype is torch.float32
+    assert 0 < (features - exact).abs().max() < 0.1 * exact.abs().max()
+    model.learn(8)
+    with pytest.raises(ConfigError, match="no loss scaler"):
+        PPO("CausalLMPolicy", env, policy_kwargs={"model": policy, "dtype": "float16"}, device="cpu")
