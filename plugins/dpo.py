@@ -126,13 +126,13 @@ class DPO(OnlineAlgorithm):
         c_ids, c_mask = self.chosen_ids[idx], self.chosen_mask[idx]
         r_ids, r_mask = self.rejected_ids[idx], self.rejected_mask[idx]
         missing = torch.isnan(self.ref_cache[idx, 0])
-        if bool(missing.any()):  # reference log-probs: once per pair, ever
+        if bool(missing.any()):  # reference log-probs: once per pair, ever (cached on the CPU)
             m = missing
-            self.ref_cache[idx[m], 0] = self.reference.sequence_logprobs(p_ids[m], p_mask[m], c_ids[m], c_mask[m]).float()
-            self.ref_cache[idx[m], 1] = self.reference.sequence_logprobs(p_ids[m], p_mask[m], r_ids[m], r_mask[m]).float()
+            self.ref_cache[idx[m], 0] = self.reference.sequence_logprobs(p_ids[m], p_mask[m], c_ids[m], c_mask[m]).float().cpu()
+            self.ref_cache[idx[m], 1] = self.reference.sequence_logprobs(p_ids[m], p_mask[m], r_ids[m], r_mask[m]).float().cpu()
         start = time.perf_counter()
-        metrics = self._dpo_update(p_ids, p_mask, c_ids, c_mask, r_ids, r_mask,
-                                   self.ref_cache[idx, 0], self.ref_cache[idx, 1])
+        ref = self.ref_cache[idx].to(self.policy.device)
+        metrics = self._dpo_update(p_ids, p_mask, c_ids, c_mask, r_ids, r_mask, ref[:, 0], ref[:, 1])
         metrics["timing/update"] = time.perf_counter() - start
         return metrics
 
