@@ -150,3 +150,57 @@ def test_without_a_process_group_every_helper_is_the_local_computation():
     assert dp.shard_seed(7) == 7 and dp.is_writer() and dp.world_size() == 1
     assert dp.average_metrics({"a": 1.0}) == {"a": 1.0}
 
+
+
+def test_train_cli_spawns_learners_and_only_one_writes_the_run(random_model_path, tmp_path):
+    import json
+
+    from rlhf_gym.cli import main
+    from rlhf_gym.run_logger import read_metrics
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(tiny.review_prompts(8)) + "\n")
+    out = tmp_path / "run"
+    code = main(["train", "--algo", "rloo", "--model", random_model_path, "--prompts", str(prompts),
+                 "--reward", "length", "--updates", "2", "--eval-samples", "2", "--out", str(out),
+                 "--ground-truth", "none", "--no-progress", "--learners", "2", "--num_prompts", "2",
+                 "--group_size", "2", "--max-new-tokens", "4"])
+    assert code == 0
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]  # one writer: no row twice
+    assert json.loads((out / "config.json").read_text())["run"]["learners"] == 2
+    assert (out / "summary.json").is_file() and (out / "policy" / "model.safetensors").is_file()
+
+
+def test_train_cli_lora_and_dtype_options_reach_the_policy(random_model_path, tmp_path):
+    import argparse
+
+    from rlhf_gym.train import configure_parser, prepare_policy, resolve_options
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    args, extra = parser.parse_known_args(["--algo", "rloo", "--model", random_model_path, "--lora", "4",
+                                           "--dtype", "bfloat16", "--device", "cpu"])
+    opts = resolve_options(args, extra)
+    assert opts.lora == 4 and opts.algo_config == {"dtype": "bfloat16", "device": "cpu"}
+    policy, _ = prepare_policy(opts, tmp_path, progress=False)
+    assert policy.is_peft and policy.compute_dtype is torch.bfloat16
+    assert {p.dtype for p in policy.parameters() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in policy.parameters() if not p.requires_grad} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize(("flag", "value", "match"), [("--learners", "0", "--learners takes"),
+                                                      ("--lora", "-2", "--lora takes")])
+def test_train_cli_rejects_bad_learner_counts_and_lora_ranks(flag, value, match, capsys):
+    from rlhf_gym.cli import main
+
+    assert main(["train", flag, value, "--no-progress"]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_a_launcher_environment_without_a_rank_is_refused(monkeypatch):
+    from rlhf_gym.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ConfigError, match="RANK.*torchrun"):
+        dp.init_from_env("cpu")
