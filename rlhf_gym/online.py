@@ -85,15 +85,19 @@ class OnlineAlgorithm(Algorithm):
 
     def setup(self) -> None:
         cfg = self.config
-        # With several learners each samples its shard of the prompts, from its own seeded streams.
-        self.rollouts = RolloutWorker(
-            self.env, self.policy, num_prompts=dp.shard_size(cfg.num_prompts), group_size=cfg.group_size,
-            seed=dp.shard_seed(cfg.seed), temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-        )
+        self.rollouts = self._rollout_worker(cfg.seed)
         self.kl_ctl = make_kl_controller(cfg.beta, cfg.kl_target, cfg.kl_horizon)
         # The reference is a frozen copy of the policy as it is now; skipped entirely when β = 0.
         self.reference = self.build_reference() if cfg.beta > 0 else None
         self.reward_moments = RunningMoments()
+
+    def _rollout_worker(self, seed: int) -> RolloutWorker:
+        # With several learners each samples its shard of the prompts, from its own seeded streams.
+        cfg = self.config
+        return RolloutWorker(
+            self.env, self.policy, num_prompts=dp.shard_size(cfg.num_prompts), group_size=cfg.group_size,
+            seed=dp.shard_seed(seed), temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+        )
 
     def build_reference(self):
         """The policy's frozen reference, placed where ``reference_device`` / ``reference_dtype`` say."""
@@ -204,7 +208,11 @@ class OnlineAlgorithm(Algorithm):
 
     def load_extra_state(self, tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> None:
         rollout_tensors = {k[len("rollouts/"):]: v for k, v in tensors.items() if k.startswith("rollouts/")}
-        self.rollouts.load_state(rollout_tensors, values["rollouts"])
+        if dp.rank() == 0:
+            self.rollouts.load_state(rollout_tensors, values["rollouts"])
+        else:  # the checkpoint holds rank 0's streams; the others start fresh ones, seeded by the update reached
+            self.rollouts.env.close()
+            self.rollouts = self._rollout_worker(self.config.seed + 1_000_003 * self.num_updates)
         self.kl_ctl.load_state_dict(values["kl_ctl"])
         self.reward_moments.load_state_dict(values["reward_moments"])
 

@@ -206,7 +206,8 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
         return
     with torch.no_grad():
         for tensor in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(tensor.data, src=0)
+            if tensor.is_floating_point():  # integer/bool buffers are constants (masks, position ids)
+                dist.broadcast(tensor.data, src=0)
 
 
 def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:
