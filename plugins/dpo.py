@@ -128,8 +128,9 @@ class DPO(OnlineAlgorithm):
         missing = torch.isnan(self.ref_cache[idx, 0])
         if bool(missing.any()):  # reference log-probs: once per pair, ever (cached on the CPU)
             m = missing
-            self.ref_cache[idx[m], 0] = self.reference.sequence_logprobs(p_ids[m], p_mask[m], c_ids[m], c_mask[m]).float().cpu()
-            self.ref_cache[idx[m], 1] = self.reference.sequence_logprobs(p_ids[m], p_mask[m], r_ids[m], r_mask[m]).float().cpu()
+            for column, (ids, mask) in enumerate(((c_ids, c_mask), (r_ids, r_mask))):
+                ref = self.reference.sequence_logprobs(p_ids[m], p_mask[m], ids[m], mask[m])
+                self.ref_cache[idx[m], column] = ref.float().cpu()
         start = time.perf_counter()
         ref = self.ref_cache[idx].to(self.policy.device)
         metrics = self._dpo_update(p_ids, p_mask, c_ids, c_mask, r_ids, r_mask, ref[:, 0], ref[:, 1])

@@ -280,8 +280,8 @@ class Algorithm:
         cb = as_callback(callback)
         self._open_logger()
         cb.on_learn_start(self)
-        bar = tqdm(total=total_updates, initial=self.num_updates, disable=not progress_bar or not dp.is_writer(), desc=self.name,
-                   dynamic_ncols=True, leave=True)
+        bar = tqdm(total=total_updates, initial=self.num_updates, disable=not progress_bar or not dp.is_writer(),
+                   desc=self.name, dynamic_ncols=True, leave=True)
         try:
             while self.num_updates < total_updates:
                 t0 = time.perf_counter()
