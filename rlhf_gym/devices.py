@@ -76,14 +76,16 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         if count == 0:
             raise ConfigError(
                 f"device {str(spec)!r} asked for, but this torch build sees no CUDA GPU "
-                f"(torch {torch.__version__}); use device='cpu' or 'auto', or install a CUDA build of torch"
+                f"(torch {torch.__version__}); use device='cpu' or 'auto', or install a CUDA build of torch "
+                f"(valid: {_valid_devices()})"
             )
         index = device.index if device.index is not None else torch.cuda.current_device()
         if index >= count:
-            raise ConfigError(f"device {str(spec)!r} asked for, but only cuda:0 … cuda:{count - 1} exist")
+            raise ConfigError(f"device {str(spec)!r} asked for, but only cuda:0 … cuda:{count - 1} exist on this machine")
         return torch.device("cuda", index)
     if device.type == "mps" and not _mps_available():
-        raise ConfigError(f"device {str(spec)!r} asked for, but Apple's MPS is not available; use 'cpu' or 'auto'")
+        raise ConfigError(f"device {str(spec)!r} asked for, but Apple's MPS is not available; use 'cpu' or 'auto' "
+                          f"(valid: {_valid_devices()})")
     return device
 
 
