@@ -1,6 +1,6 @@
 """Data-parallel learners: two gloo processes on CPU, each with half of a batch, take exactly the update one process
-takes on the whole batch (PPO with uneven minibatch splits, offline DPO with uneven shards), and only rank 0 writes
-the run directory."""
+takes on the whole batch (PPO with uneven minibatch splits, RLOO, REINFORCE and GRPO, offline DPO with uneven
+shards), only rank 0 writes the run directory, and the train CLI spawns learners."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ warnings.filterwarnings("ignore", message=".*requires_grad.*")
 OPTIMIZER = {"learning_rate": 3e-3, "adam_eps": 1e-3}
 PPO_CONFIG = {"num_prompts": 8, "seed": 5, "minibatch_size": 3, "ppo_epochs": 2, "beta": 0.1, "whiten_advantages": True,
               **OPTIMIZER}
+#: the policy-gradient family on the same footing: RLOO groups per learner, advantage scaling with global statistics,
+#: REINFORCE's baseline on the global batch mean, GRPO's clipped objective and KL loss term as global token means
+PG_CONFIGS = {
+    "rloo": {"num_prompts": 4, "group_size": 2, "seed": 5, "beta": 0.1, "normalize_advantages": True, **OPTIMIZER},
+    "reinforce": {"num_prompts": 8, "seed": 5, "beta": 0.1, "normalize_advantages": True, **OPTIMIZER},
+    "grpo": {"num_prompts": 4, "group_size": 2, "seed": 5, "beta": 0.1, "num_iterations": 2, **OPTIMIZER},
+}
+CONFIGS = {"ppo": None, **PG_CONFIGS}
 DPO_CONFIG = {"batch_size": 7, "seed": 2, "max_prompt_tokens": 8, "max_completion_tokens": 8, **OPTIMIZER}
 DPO_UPDATES = 3
 
@@ -62,11 +70,17 @@ def _block(n: int, rank: int, world: int) -> tuple[int, int]:
     return start, start + base + (1 if rank < extra else 0)
 
 
-def ppo_with_fixed_batch(model_path: str, batch: Batch, rank: int, world: int, **config):
-    policy = Policy.from_pretrained(model_path)
-    algo = rlhf_gym.make_algorithm("ppo", env=make_env(policy), policy=policy, **{**PPO_CONFIG, **config})
+def with_fixed_batch(name: str, model_path: str, batch: Batch, rank: int, world: int, **config):
+    """Algorithm ``name`` whose every update sees this learner's shard of ``batch``."""
+    policy = Policy.from_pretrained(model_path, value_head=name == "ppo")
+    settings = {**(PPO_CONFIG if name == "ppo" else PG_CONFIGS[name]), **config}
+    algo = rlhf_gym.make_algorithm(name, env=make_env(policy), policy=policy, **settings)
     algo.collect = lambda **kw: shard_batch(batch, rank, world)
     return algo
+
+
+def ppo_with_fixed_batch(model_path: str, batch: Batch, rank: int, world: int, **config):
+    return with_fixed_batch("ppo", model_path, batch, rank, world, **config)
 
 
 def flat_parameters(algo) -> torch.Tensor:
@@ -78,7 +92,7 @@ def _learner(rank: int, world: int, model_path: str, work: str) -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     work_dir = Path(work)
-    batch = torch.load(work_dir / "batch.pt", weights_only=False)
+    batch = torch.load(work_dir / "batch-ppo.pt", weights_only=False)
     run_dir = work_dir / ("run" if rank == 0 else f"run-rank{rank}")
     ppo = ppo_with_fixed_batch(model_path, batch, rank, world, run_dir=str(run_dir), save_every=1,
                                tensorboard=False)
@@ -87,26 +101,34 @@ def _learner(rank: int, world: int, model_path: str, work: str) -> None:
     dpo = rlhf_gym.make_algorithm("dpo", policy=Policy.from_pretrained(model_path, value_head=False),
                                   dataset=dpo_pairs(), **DPO_CONFIG)
     dpo.learn(DPO_UPDATES, progress_bar=False)
-    torch.save({"ppo": flat_parameters(ppo), "dpo": flat_parameters(dpo), "ppo_metrics": ppo.last_metrics},
-               work_dir / f"rank{rank}.pt")
+    results = {"ppo": flat_parameters(ppo), "dpo": flat_parameters(dpo), "ppo_metrics": ppo.last_metrics}
+    for name in PG_CONFIGS:
+        algo = with_fixed_batch(name, model_path, torch.load(work_dir / f"batch-{name}.pt", weights_only=False),
+                                rank, world)
+        algo.learn(2, progress_bar=False)
+        results[name] = flat_parameters(algo)
+    torch.save(results, work_dir / f"rank{rank}.pt")
 
 
 @pytest.fixture(scope="module")
 def two_learners(random_model_path, tmp_path_factory):
     """The global PPO batch, and the parameters each of two gloo learners ends with."""
     work = tmp_path_factory.mktemp("dp")
-    policy = Policy.from_pretrained(random_model_path)
-    sampler = rlhf_gym.make_algorithm("ppo", env=make_env(policy), policy=policy, **PPO_CONFIG)
-    batch = sampler.collect(with_values=True)
-    assert bool(batch.valid.any()) and not bool(batch.valid.all())
-    torch.save(batch, work / "batch.pt")
+    batches = {}
+    for name in CONFIGS:
+        policy = Policy.from_pretrained(random_model_path, value_head=name == "ppo")
+        sampler = rlhf_gym.make_algorithm(name, env=make_env(policy), policy=policy,
+                                          **(PPO_CONFIG if name == "ppo" else PG_CONFIGS[name]))
+        batches[name] = sampler.collect(with_values=name == "ppo")
+        assert bool(batches[name].valid.any()) and not bool(batches[name].valid.all())
+        torch.save(batches[name], work / f"batch-{name}.pt")
     dp.spawn(_learner, 2, random_model_path, str(work))
-    return work, batch, [torch.load(work / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return work, batches, [torch.load(work / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
 def test_two_ppo_learners_take_the_single_process_update_on_the_global_batch(two_learners, random_model_path):
-    work, batch, ranks = two_learners
-    single = ppo_with_fixed_batch(random_model_path, batch, 0, 1)
+    work, batches, ranks = two_learners
+    single = ppo_with_fixed_batch(random_model_path, batches["ppo"], 0, 1)
     before = flat_parameters(single)
     single.learn(1, progress_bar=False)
     after = flat_parameters(single)
@@ -116,6 +138,18 @@ def test_two_ppo_learners_take_the_single_process_update_on_the_global_batch(two
     # The logged metrics are the global batch's (the loss is a global token mean on every learner).
     assert ranks[0]["ppo_metrics"]["loss/policy_avg"] == pytest.approx(single.last_metrics["loss/policy_avg"],
                                                                        abs=1e-5)
+
+
+@pytest.mark.parametrize("name", list(PG_CONFIGS))
+def test_two_policy_gradient_learners_match_one_process(two_learners, random_model_path, name):
+    _, batches, ranks = two_learners
+    single = with_fixed_batch(name, random_model_path, batches[name], 0, 1)
+    before = flat_parameters(single)
+    single.learn(2, progress_bar=False)
+    after = flat_parameters(single)
+    assert (after - before).abs().max() > 1e-3
+    for r in ranks:
+        assert (r[name] - after).abs().max() <= 1e-5
 
 
 def test_two_dpo_learners_with_uneven_shards_match_one_process(two_learners, random_model_path):
@@ -144,7 +178,7 @@ def test_without_a_process_group_every_helper_is_the_local_computation():
         assert not dp.reducing()
         total = dp.global_sum(x.sum())
         total.backward()
-        assert float(total) == 6.0 and x.grad.tolist() == [1.0, 1.0, 1.0]
+        assert float(total.detach()) == 6.0 and x.grad.tolist() == [1.0, 1.0, 1.0]
         assert dp.global_count(3) == 3
     assert dp.shard(torch.arange(5)).tolist() == [0, 1, 2, 3, 4]
     assert dp.shard_seed(7) == 7 and dp.is_writer() and dp.world_size() == 1
