@@ -1,6 +1,6 @@
 """Data-parallel learners: two gloo processes on CPU, each with half of a batch, take exactly the update one process
-takes on the whole batch (PPO with uneven minibatch splits, RLOO, REINFORCE and GRPO, offline DPO with uneven
-shards), only rank 0 writes the run directory, and the train CLI spawns learners."""
+takes on the whole batch (PPO with uneven minibatch splits, RLOO, REINFORCE, GRPO, online DPO, offline DPO with
+uneven shards), only rank 0 writes the run directory, and the train CLI spawns learners."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ PG_CONFIGS = {
     "rloo": {"num_prompts": 4, "group_size": 2, "seed": 5, "beta": 0.1, "normalize_advantages": True, **OPTIMIZER},
     "reinforce": {"num_prompts": 8, "seed": 5, "beta": 0.1, "normalize_advantages": True, **OPTIMIZER},
     "grpo": {"num_prompts": 4, "group_size": 2, "seed": 5, "beta": 0.1, "num_iterations": 2, **OPTIMIZER},
+    # online DPO: every pair within a prompt's group compared by the env's provider, a global mean over pairs
+    "dpo-online": {"num_prompts": 4, "group_size": 3, "seed": 5, "beta": 0.1, **OPTIMIZER},
 }
 CONFIGS = {"ppo": None, **PG_CONFIGS}
 DPO_CONFIG = {"batch_size": 7, "seed": 2, "max_prompt_tokens": 8, "max_completion_tokens": 8, **OPTIMIZER}
@@ -40,9 +42,13 @@ def length_reward(prompts, completions, **kw):
     return [len(c) / 10.0 if i % 3 else None for i, c in enumerate(completions)]  # some samples unscored
 
 
-def make_env(policy: Policy):
+def text_length(prompts, completions, **kw):
+    return [len(c) / 10.0 for c in completions]
+
+
+def make_env(policy: Policy, reward=length_reward):
     return gym.make("rlhf_gym/Completion-v0", tokenizer=policy.tokenizer, prompts=tiny.review_prompts(16),
-                    reward=length_reward, max_new_tokens=6, max_prompt_tokens=8, vocab_size=policy.vocab_size)
+                    reward=reward, max_new_tokens=6, max_prompt_tokens=8, vocab_size=policy.vocab_size)
 
 
 def dpo_pairs() -> list[dict[str, str]]:
@@ -74,7 +80,8 @@ def with_fixed_batch(name: str, model_path: str, batch: Batch, rank: int, world:
     """Algorithm ``name`` whose every update sees this learner's shard of ``batch``."""
     policy = Policy.from_pretrained(model_path, value_head=name == "ppo")
     settings = {**(PPO_CONFIG if name == "ppo" else PG_CONFIGS[name]), **config}
-    algo = rlhf_gym.make_algorithm(name, env=make_env(policy), policy=policy, **settings)
+    env = make_env(policy, text_length if name == "dpo-online" else length_reward)
+    algo = rlhf_gym.make_algorithm(name.removesuffix("-online"), env=env, policy=policy, **settings)
     algo.collect = lambda **kw: shard_batch(batch, rank, world)
     return algo
 
@@ -116,11 +123,11 @@ def two_learners(random_model_path, tmp_path_factory):
     work = tmp_path_factory.mktemp("dp")
     batches = {}
     for name in CONFIGS:
-        policy = Policy.from_pretrained(random_model_path, value_head=name == "ppo")
-        sampler = rlhf_gym.make_algorithm(name, env=make_env(policy), policy=policy,
-                                          **(PPO_CONFIG if name == "ppo" else PG_CONFIGS[name]))
-        batches[name] = sampler.collect(with_values=name == "ppo")
-        assert bool(batches[name].valid.any()) and not bool(batches[name].valid.all())
+        sampler = with_fixed_batch(name, random_model_path, None, 0, 1)
+        del sampler.collect  # the real one
+        batches[name] = sampler.collect(with_values=name == "ppo", score=name != "dpo-online")
+        if name != "dpo-online":
+            assert bool(batches[name].valid.any()) and not bool(batches[name].valid.all())
         torch.save(batches[name], work / f"batch-{name}.pt")
     dp.spawn(_learner, 2, random_model_path, str(work))
     return work, batches, [torch.load(work / f"rank{r}.pt", weights_only=False) for r in range(2)]
@@ -141,7 +148,7 @@ def test_two_ppo_learners_take_the_single_process_update_on_the_global_batch(two
 
 
 @pytest.mark.parametrize("name", list(PG_CONFIGS))
-def test_two_policy_gradient_learners_match_one_process(two_learners, random_model_path, name):
+def test_two_online_learners_match_one_process(two_learners, random_model_path, name):
     _, batches, ranks = two_learners
     single = with_fixed_batch(name, random_model_path, batches[name], 0, 1)
     before = flat_parameters(single)
