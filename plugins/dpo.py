@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 import rlhf_gym
+from rlhf_gym.advantages import masked_mean
 from rlhf_gym.config import hp
 from rlhf_gym.data import ShuffledIndices, load_records, tokenize_completions
 from rlhf_gym.errors import ConfigError
@@ -57,7 +58,7 @@ class DPO(OnlineAlgorithm):
             raise ConfigError(f"DPO needs beta > 0, got {cfg.beta}")
         self.offline = cfg.dataset is not None
         if self.offline:
-            self.reference = self.policy.reference()
+            self.reference = self.build_reference()
             self._setup_offline()
             self.rollouts = None
         else:
@@ -66,7 +67,7 @@ class DPO(OnlineAlgorithm):
             if cfg.group_size < 2:
                 raise ConfigError(f"online DPO needs group_size ≥ 2 completions per prompt, got {cfg.group_size}")
             super().setup()
-            self.reference = self.policy.reference()
+            self.reference = self.build_reference()
 
     # -- offline data: tokenised once, reference log-probs cached ---------------------------------------------------
     def _setup_offline(self) -> None:
@@ -84,8 +85,9 @@ class DPO(OnlineAlgorithm):
 
     # -- the update -------------------------------------------------------------------------------------------------
     def _dpo_update(self, prompt_ids, prompt_mask, chosen_ids, chosen_mask, rejected_ids, rejected_mask,
-                    ref_chosen, ref_rejected) -> dict[str, float]:
-        """One gradient step on a batch of pairs; chosen and rejected go through one batched forward."""
+                    ref_chosen, ref_rejected, weight=None) -> dict[str, float]:
+        """One gradient step on a batch of pairs (``weight`` 0 drops a pair); chosen and rejected go through one
+        batched forward."""
         cfg = self.config
         n = chosen_ids.shape[0]
         width = max(chosen_ids.shape[1], rejected_ids.shape[1])
@@ -103,7 +105,7 @@ class DPO(OnlineAlgorithm):
         out = dpo_loss(seq[:n], seq[n:], ref_chosen, ref_rejected, beta=cfg.beta, loss_type=cfg.loss_type,
                        label_smoothing=cfg.label_smoothing, chosen_lengths=chosen_mask.sum(-1),
                        rejected_lengths=rejected_mask.sum(-1))
-        loss = out.losses.mean()
+        loss = masked_mean(out.losses, weight)
         self.clip_and_step(loss)
         margins = out.chosen_rewards - out.rejected_rewards
         return {
@@ -120,18 +122,19 @@ class DPO(OnlineAlgorithm):
         return self._offline_step() if self.offline else self._online_step()
 
     def _offline_step(self) -> dict[str, float]:
-        idx = self.batches.next()
+        idx = self.shard(self.batches.next())
         p_ids, p_mask = self.prompt_ids[idx], self.prompt_mask[idx]
         c_ids, c_mask = self.chosen_ids[idx], self.chosen_mask[idx]
         r_ids, r_mask = self.rejected_ids[idx], self.rejected_mask[idx]
         missing = torch.isnan(self.ref_cache[idx, 0])
-        if bool(missing.any()):  # reference log-probs: once per pair, ever
+        if bool(missing.any()):  # reference log-probs: once per pair, ever (cached on the CPU)
             m = missing
-            self.ref_cache[idx[m], 0] = self.reference.sequence_logprobs(p_ids[m], p_mask[m], c_ids[m], c_mask[m]).float()
-            self.ref_cache[idx[m], 1] = self.reference.sequence_logprobs(p_ids[m], p_mask[m], r_ids[m], r_mask[m]).float()
+            for column, (ids, mask) in enumerate(((c_ids, c_mask), (r_ids, r_mask))):
+                ref = self.reference.sequence_logprobs(p_ids[m], p_mask[m], ids[m], mask[m])
+                self.ref_cache[idx[m], column] = ref.float().cpu()
         start = time.perf_counter()
-        metrics = self._dpo_update(p_ids, p_mask, c_ids, c_mask, r_ids, r_mask,
-                                   self.ref_cache[idx, 0], self.ref_cache[idx, 1])
+        ref = self.ref_cache[idx].to(self.policy.device)
+        metrics = self._dpo_update(p_ids, p_mask, c_ids, c_mask, r_ids, r_mask, ref[:, 0], ref[:, 1])
         metrics["timing/update"] = time.perf_counter() - start
         return metrics
 
@@ -153,9 +156,12 @@ class DPO(OnlineAlgorithm):
         answered = sum(p is not None for p in prefs)
         metrics.update({"timing/compare": compare_time, "preferences/decided_fraction": len(decided) / max(len(pairs), 1),
                         "batch/scored_fraction": answered / max(len(pairs), 1)})
-        if not decided:  # every pair skipped, unanswered or tied: nothing to learn from, no optimizer step
+        if not self.anywhere(bool(decided)):  # no learner has a decided pair: nothing to learn, no optimizer step
             metrics["batch/skipped"] = 1.0
             return metrics
+        weight = None
+        if not decided:  # other learners have pairs: take part in their step with one pair that weighs nothing
+            decided, weight = [pairs[0]], torch.zeros(1, dtype=torch.bool)
         chosen = torch.tensor([c for c, _ in decided])
         rejected = torch.tensor([x for _, x in decided])
         # -- reference log-probs once for the batch, then one DPO step ---------------------------------------------------
@@ -164,7 +170,8 @@ class DPO(OnlineAlgorithm):
         start = time.perf_counter()
         metrics.update(self._dpo_update(
             r.prompt_ids[chosen], r.prompt_mask[chosen], r.completion_ids[chosen], r.completion_mask[chosen],
-            r.completion_ids[rejected], r.completion_mask[rejected], ref[chosen], ref[rejected]))
+            r.completion_ids[rejected], r.completion_mask[rejected], ref[chosen], ref[rejected],
+            weight=None if weight is None else weight.to(ref.device)))
         metrics["timing/update"] = time.perf_counter() - start
         return metrics
 

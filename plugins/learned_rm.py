@@ -83,7 +83,10 @@ class LearnedRewardModel(RewardProvider):
         calibration_file: ``.jsonl``/``.json``/``.parquet`` with ``prompt`` and ``completion`` (or ``chosen`` and
             ``rejected``) columns.
         alpha: the score is ``mean + α·std`` over ensemble members (0 for a single model); negative is pessimistic.
-        device: where to run the model (``"auto"``: a GPU when there is one).
+        device: where to run the model: ``"auto"`` (a GPU when there is one), ``"cpu"``, ``"cuda"``, ``"cuda:N"``,
+            ``"mps"`` — on its own device, apart from the policy, if you like.
+        dtype: storage and compute precision of the model: ``"float32"``, ``"bfloat16"`` or ``"float16"``
+            (scores are float32 either way).
 
     Example:
         >>> env = gym.make("rlhf_gym/Completion-v0", tokenizer=kit, reward="learned-rm",
@@ -103,6 +106,7 @@ class LearnedRewardModel(RewardProvider):
         calibration_file: str | os.PathLike[str] | None = None,
         alpha: float = 0.0,
         device: str | None = "auto",
+        dtype: str | None = "float32",
     ) -> None:
         from rlhf_gym.reward_model import RewardModel
 
@@ -118,10 +122,12 @@ class LearnedRewardModel(RewardProvider):
             raise ConfigError("give either calibration_file or calibration_prompts/completions, not both")
         if normalize != "calibration" and (calibration_file is not None or calibration_prompts is not None):
             raise ConfigError(f"a calibration set only applies with normalize='calibration' (got {normalize!r})")
-        if device == "auto" or device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        from rlhf_gym.devices import check_precision, resolve_device, resolve_dtype
+
+        place, precision = resolve_device(device), resolve_dtype(dtype)
+        check_precision(place, precision)
         self.path = str(path)
-        self.model = RewardModel.from_pretrained(path, device=device)
+        self.model = RewardModel.from_pretrained(path, device=place, dtype=precision)
         self.batch_size = batch_size
         self.normalize = normalize
         self.alpha = float(alpha)

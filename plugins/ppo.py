@@ -10,8 +10,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import torch
-
 import rlhf_gym
 from rlhf_gym.advantages import gae, masked_mean, masked_whiten
 from rlhf_gym.config import hp
@@ -62,28 +60,21 @@ class PPO(OnlineAlgorithm):
 
         # -- update: epochs × minibatches of clipped policy + value loss -----------------------------------------
         start = time.perf_counter()
-        n = len(r)
         stats: dict[str, list[float]] = {"pg": [], "vf": [], "clip": [], "vclip": [], "approx_kl": [], "ent": []}
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(n, generator=self.rollouts.generator)
-            for start_i in range(0, n, cfg.minibatch_size):
-                idx = order[start_i : start_i + cfg.minibatch_size]
-                mb_mask = loss_mask[idx]
-                if not bool(mb_mask.any()):
-                    continue
-                out = self.policy(*(a[idx] for a in args), with_values=True, with_entropy=True,
-                                  temperature=cfg.temperature)
-                pg_loss, pg_stats = ppo_policy_loss(out.logprobs, batch.logprobs[idx], advantages[idx], mb_mask,
-                                                    cfg.clip_range)
-                vf_loss, vf_stats = ppo_value_loss(out.values, batch.values[idx], returns[idx], mb_mask,
-                                                   cfg.clip_range_value)
-                self.clip_and_step(pg_loss + cfg.vf_coef * vf_loss)
-                stats["pg"].append(pg_loss.item())
-                stats["vf"].append(vf_loss.item())
-                stats["clip"].append(float(pg_stats.clipfrac))
-                stats["vclip"].append(float(vf_stats.vf_clipfrac))
-                stats["approx_kl"].append(float(pg_stats.approx_kl))
-                stats["ent"].append(float(masked_mean(out.entropy.detach(), mb_mask)))
+        for idx, mb_mask in self.minibatches(loss_mask, cfg.minibatch_size, cfg.ppo_epochs):
+            out = self.policy(*(a[idx] for a in args), with_values=True, with_entropy=True,
+                              temperature=cfg.temperature)
+            pg_loss, pg_stats = ppo_policy_loss(out.logprobs, batch.logprobs[idx], advantages[idx], mb_mask,
+                                                cfg.clip_range)
+            vf_loss, vf_stats = ppo_value_loss(out.values, batch.values[idx], returns[idx], mb_mask,
+                                               cfg.clip_range_value)
+            self.clip_and_step(pg_loss + cfg.vf_coef * vf_loss)
+            stats["pg"].append(pg_loss.item())
+            stats["vf"].append(vf_loss.item())
+            stats["clip"].append(float(pg_stats.clipfrac))
+            stats["vclip"].append(float(vf_stats.vf_clipfrac))
+            stats["approx_kl"].append(float(pg_stats.approx_kl))
+            stats["ent"].append(float(masked_mean(out.entropy.detach(), mb_mask)))
         update_time = time.perf_counter() - start
         self.update_kl_controller(batch)
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 import rlhf_gym
-from rlhf_gym.advantages import MovingAverageBaseline, masked_mean, rloo_advantages
+from rlhf_gym.advantages import MovingAverageBaseline, masked_mean, masked_scale, rloo_advantages
 from rlhf_gym.config import hp
 from rlhf_gym.errors import ConfigError
 from rlhf_gym.losses import reinforce_loss
@@ -51,8 +51,8 @@ class PolicyGradient(OnlineAlgorithm):
         # -- advantages: sequence reward = score − β·KL, minus the baseline ----------------------------------------
         rewards = batch.scores - self.kl_ctl.value * batch.sequence_kl
         adv = self.advantages(rewards, batch.valid)
-        if cfg.normalize_advantages and int(batch.valid.sum()) > 1:
-            adv = adv / (adv[batch.valid].std() + 1e-8)
+        if cfg.normalize_advantages:
+            adv = masked_scale(adv, batch.valid)
         # -- update: one gradient step on −A·log π(y|x) --------------------------------------------------------------
         start = time.perf_counter()
         mask = r.completion_mask * batch.valid.unsqueeze(-1).to(r.completion_mask.dtype)
@@ -85,8 +85,7 @@ class REINFORCE(PolicyGradient):
     def advantages(self, rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Reward minus the moving average of earlier rewards (updated with this batch's scored samples)."""
         adv = torch.zeros_like(rewards)
-        if bool(valid.any()):
-            adv[valid] = self.baseline(rewards[valid])
+        adv[valid] = self.baseline(rewards[valid])
         return adv
 
     def extra_state(self):

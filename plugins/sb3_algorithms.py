@@ -23,6 +23,7 @@ import torch
 import rlhf_gym
 from rlhf_gym.algorithm import Algorithm, AlgorithmConfig
 from rlhf_gym.config import hp
+from rlhf_gym.distributed import data_parallel as dp
 from rlhf_gym.errors import ConfigError
 
 
@@ -108,6 +109,9 @@ class SB3Algorithm(Algorithm):
         from rlhf_gym.sb3 import CausalLMPolicy, KLPenaltyCallback, MetricsCallback
 
         cfg = self.config
+        if dp.world_size() > 1:
+            raise ConfigError(f"{self.name} trains through stable-baselines3's own loop, which has no data-parallel "
+                              f"learners; run it with one learner (or use the native ppo)")
         if cfg.top_k or cfg.top_p != 1.0:
             raise ConfigError(
                 f"{self.name} samples from the full token distribution; top_k/top_p filtering is not supported "
@@ -133,11 +137,12 @@ class SB3Algorithm(Algorithm):
             policy_kwargs={
                 "model": self.policy,
                 "temperature": cfg.temperature,
+                "dtype": self.dtype,
                 "optimizer_class": torch.optim.AdamW,
                 "optimizer_kwargs": {"eps": cfg.adam_eps, "weight_decay": cfg.weight_decay},
             },
             seed=cfg.seed,
-            device=cfg.device,
+            device=self.device,
             verbose=0,
             **self.sb3_kwargs(),
         )

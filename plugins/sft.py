@@ -47,7 +47,7 @@ class SFT(Algorithm):
         self.batches = ShuffledIndices(len(records), cfg.batch_size, cfg.seed)
 
     def train_step(self) -> dict[str, float]:
-        idx = self.batches.next()
+        idx = self.shard(self.batches.next())
         mask = self.completion_mask[idx]
         width = int(mask.sum(1).max())  # drop columns that are padding for the whole batch
         start = time.perf_counter()

@@ -8,6 +8,12 @@ normalisation. Everything here is a pure function of tensors except the two smal
 
 Masks are 1 (or ``True``) on real completion tokens, up to and including the first EOS, and 0 on padding. Values
 at padded positions are never read, so they may hold anything (even NaN or ``-inf``).
+
+With several data-parallel learners, whole-batch statistics (``masked_sum``/``masked_mean``/``masked_var``/
+``masked_whiten`` without ``dim``, :func:`masked_scale`, the baselines' and moments' batch statistics) are taken
+over every learner's shard while :func:`rlhf_gym.distributed.data_parallel.batch_reductions` is active — the
+algorithm base does that around each update — so a loss or a whitening equals the single-process one on the
+global batch. Alone, they are plain local statistics.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 
 import torch
 
+from rlhf_gym.distributed import data_parallel as dp
 from rlhf_gym.errors import ConfigError
 
 __all__ = [
@@ -29,6 +36,7 @@ __all__ = [
     "gae",
     "group_normalised_advantages",
     "masked_mean",
+    "masked_scale",
     "masked_sum",
     "masked_var",
     "masked_whiten",
@@ -86,7 +94,7 @@ def masked_sum(x: torch.Tensor, mask: torch.Tensor | None, dim: int | None = Non
     """
     m = _as_mask(mask, x)
     kept = torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device))
-    return kept.sum() if dim is None else kept.sum(dim)
+    return dp.global_sum(kept.sum()) if dim is None else kept.sum(dim)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None, dim: int | None = None) -> torch.Tensor:
@@ -108,7 +116,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None, dim: int | None = No
     m = _as_mask(mask, x)
     total = masked_sum(x, m, dim)
     if dim is None:
-        count = m.sum()
+        count = dp.global_count(m.sum())
         if count == 0:
             raise ValueError(
                 "The mask selects no entries, so their mean is undefined. Check the completion mask."
@@ -133,7 +141,7 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor | None, unbiased: bool = True
         tensor(2.)
     """
     m = _as_mask(mask, x)
-    n = int(m.sum())
+    n = dp.global_count(m.sum())
     if n == 0 or (unbiased and n == 1):
         raise ValueError(
             f"The mask selects {n} entr{'y' if n == 1 else 'ies'}; an {'unbiased ' if unbiased else ''}variance "
@@ -163,6 +171,20 @@ def masked_whiten(
     if not shift_mean:
         whitened = whitened + mean
     return torch.where(m, whitened, torch.zeros((), dtype=whitened.dtype, device=whitened.device))
+
+
+def masked_scale(x: torch.Tensor, mask: torch.Tensor | None, eps: float = 1e-8) -> torch.Tensor:
+    """``x`` divided by the (unbiased) standard deviation of its masked entries, unchanged when fewer than two
+    entries are masked (no spread to measure). The sign and the zero point stay: for advantages.
+
+    Example:
+        >>> masked_scale(torch.tensor([1.0, 3.0, 100.0]), torch.tensor([1, 1, 0]))
+        tensor([ 0.7071,  2.1213, 70.7107])
+    """
+    m = _as_mask(mask, x)
+    if dp.global_count(m.sum()) < 2:
+        return x
+    return x / (masked_var(x, m).sqrt() + eps)
 
 
 def gae(
@@ -337,7 +359,10 @@ class MovingAverageBaseline:
     def __call__(self, scores: torch.Tensor | Sequence[float]) -> torch.Tensor:
         """Advantages ``scores - baseline`` for this batch; updates the baseline afterwards."""
         s = _as_scores(scores)
-        batch_mean = float(s.mean())
+        n = dp.global_count(s.numel())
+        if n == 0:  # nothing scored: no advantage to give, and no evidence to move the baseline
+            return s.clone()
+        batch_mean = float(masked_sum(s, None)) / n
         if self.value is None:
             self.value = batch_mean
         advantages = s - self.value
@@ -429,11 +454,11 @@ class RunningMoments:
     def update(self, scores: torch.Tensor | Sequence[float]) -> None:
         """Fold a batch of scores into the running statistics."""
         s = _as_scores(torch.as_tensor(scores).reshape(-1)).double()
-        n_b = s.numel()
+        n_b = dp.global_count(s.numel())
         if n_b == 0:
             return
-        mean_b = float(s.mean())
-        m2_b = float(((s - mean_b) ** 2).sum())
+        mean_b = float(masked_sum(s, None)) / n_b
+        m2_b = float(masked_sum((s - mean_b) ** 2, None))
         n = self.count + n_b
         delta = mean_b - self.mean
         self.mean += delta * n_b / n

@@ -7,6 +7,13 @@ same curve: weights (safetensors), optimizer state, every RNG, the step counter 
 
 A subclass implements :meth:`Algorithm.train_step` (one update, returning its metrics) and, if it keeps state
 beyond the policy and optimizer, :meth:`Algorithm.extra_state` / :meth:`Algorithm.load_extra_state`.
+
+Devices and precision (``device``, ``dtype``) are applied here, once: the policy is placed with
+:meth:`rlhf_gym.Policy.place` (float32 master weights, autocast forwards) and :meth:`Algorithm.clip_and_step`
+scales float16 losses with a grad scaler. With several data-parallel learners
+(:mod:`rlhf_gym.distributed.data_parallel`) the same step averages gradients over them, batch statistics inside
+``train_step`` are global, and only rank 0 writes logs and checkpoints; subclasses take their shard of an offline
+batch with :meth:`Algorithm.shard`.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from rlhf_gym.checkpoint import (
     save_trainer_state,
 )
 from rlhf_gym.config import build_config, config_to_dict, hp
+from rlhf_gym.devices import check_precision, make_grad_scaler, resolve_device, resolve_dtype
+from rlhf_gym.distributed import data_parallel as dp
 from rlhf_gym.errors import ConfigError
 
 
@@ -62,7 +71,9 @@ class AlgorithmConfig:
     true_reward: str | None = hp(
         None, "provider name of a ground truth logged as objective/true_scores next to the proxy reward"
     )
-    device: str = hp("cpu", "torch device of the policy")
+    device: str = hp("cpu", "torch device of the policy: auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
+    dtype: str = hp("float32", "training precision: float32, bfloat16 or float16 (autocast with float32 master "
+                               "weights; float16 adds a loss scaler)")
 
 
 class Callback:
@@ -155,6 +166,10 @@ class Algorithm:
                 f"algorithm {self.name!r} needs an environment: pass env=gym.make('rlhf_gym/Completion-v0', ...)"
             )
         self.env = env
+        self.scaler = make_grad_scaler(self.device, self.dtype)
+        #: optimizer steps the float16 loss scaler skipped (inf/NaN gradients), in all and in the current update
+        self.skipped_steps = 0
+        self._skipped_this_update = 0
         self.logger = None
         self._true_reward = None
         #: extra run information written into the run directory's config.json (e.g. the CLI's options)
@@ -177,7 +192,12 @@ class Algorithm:
             raise TypeError(f"policy must be an rlhf_gym.Policy or a model name/path, got {type(policy).__name__}")
         if self.needs_value_head and policy.value_head is None:
             policy.add_value_head()
-        return policy.to(self.config.device)
+        self.device = resolve_device(self.config.device)
+        self.dtype = resolve_dtype(self.config.dtype)
+        check_precision(self.device, self.dtype)
+        policy.place(self.device, self.dtype)
+        dp.broadcast_parameters(policy)  # every learner starts from rank 0's weights
+        return policy
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """AdamW over the policy's trainable parameters, fused where the device supports it (override for other
@@ -199,19 +219,40 @@ class Algorithm:
         raise NotImplementedError(f"{type(self).__name__} must implement train_step()")
 
     def clip_and_step(self, loss: torch.Tensor | None = None) -> float:
-        """Backward ``loss`` (if given), clip gradients, step the optimizer, zero grads; returns the grad norm."""
+        """Backward ``loss`` (if given), clip gradients, step the optimizer, zero grads; returns the grad norm.
+
+        float16: the loss is scaled before the backward and the gradients unscaled before clipping; a step with
+        inf/NaN gradients is skipped (and counted in ``precision/skipped_steps``). Several learners: gradients
+        are averaged over them first, so every learner takes the same step."""
         if loss is not None:
-            loss.backward()
+            self.scaler.scale(loss).backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        dp.all_reduce_gradients(params)
+        self.scaler.unscale_(self.optimizer)
         norm = 0.0
         if self.config.max_grad_norm > 0:
             norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
-        self.optimizer.step()
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scaler.is_enabled() and self.scaler.get_scale() < scale:
+            self.skipped_steps += 1
+            self._skipped_this_update += 1
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 
+    def shard(self, indices: torch.Tensor) -> torch.Tensor:
+        """This learner's part of a global batch of record indices (all of it with one learner)."""
+        return dp.shard(indices)
+
+    @staticmethod
+    def anywhere(flag: bool) -> bool:
+        """Whether ``flag`` holds on any learner (``flag`` itself with one): for decisions every learner must
+        take alike, such as skipping an update."""
+        return dp.any_rank(flag)
+
     def _open_logger(self) -> None:
-        if self.logger is not None or not self.config.run_dir:
+        if self.logger is not None or not self.config.run_dir or not dp.is_writer():
             return
         from rlhf_gym.run_logger import RunLogger
 
@@ -239,19 +280,26 @@ class Algorithm:
         cb = as_callback(callback)
         self._open_logger()
         cb.on_learn_start(self)
-        bar = tqdm(total=total_updates, initial=self.num_updates, disable=not progress_bar, desc=self.name,
-                   dynamic_ncols=True, leave=True)
+        bar = tqdm(total=total_updates, initial=self.num_updates, disable=not progress_bar or not dp.is_writer(),
+                   desc=self.name, dynamic_ncols=True, leave=True)
         try:
             while self.num_updates < total_updates:
                 t0 = time.perf_counter()
-                metrics = self.train_step()
+                self._skipped_this_update = 0
+                with dp.batch_reductions():
+                    metrics = self.train_step()
                 self.num_updates += 1
                 metrics.setdefault("timing/step", time.perf_counter() - t0)
+                if self.scaler.is_enabled():
+                    metrics["precision/skipped_steps"] = float(self._skipped_this_update)
+                    metrics["precision/loss_scale"] = float(self.scaler.get_scale())
+                metrics = dp.average_metrics(metrics)
                 self.last_metrics = metrics
                 self._log(metrics)
                 bar.update(1)
                 bar.set_postfix(_postfix(metrics), refresh=False)
-                if self.config.save_every and self.config.run_dir and self.num_updates % self.config.save_every == 0:
+                if (self.config.save_every and self.config.run_dir and dp.is_writer()
+                        and self.num_updates % self.config.save_every == 0):
                     self.save(Path(self.config.run_dir) / "checkpoints" / f"step-{self.num_updates}")
                 if cb.on_step(self, metrics) is False:
                     break
@@ -329,6 +377,8 @@ class Algorithm:
             "rng": {"python": _python_rng_state()},
             "extra": extra_values,
         }
+        if self.scaler.is_enabled():
+            meta["scaler"] = self.scaler.state_dict()
         save_trainer_state(path, tensors, meta)
         return path
 
@@ -355,6 +405,8 @@ class Algorithm:
         torch.set_rng_state(tensors["rng/torch"])
         _set_python_rng_state(meta["rng"]["python"])
         algo.num_updates = int(meta["num_updates"])
+        if meta.get("scaler") and algo.scaler.is_enabled():
+            algo.scaler.load_state_dict(meta["scaler"])
         extra = {k[len("extra/"):]: v for k, v in tensors.items() if k.startswith("extra/")}
         algo.load_files(path)
         algo.load_extra_state(extra, meta.get("extra", {}))

@@ -43,7 +43,10 @@ def sample_tokens(logits: Tensor, generator: torch.Generator | None = None) -> T
             "from; training has likely diverged: lower the learning rate, keep max_grad_norm on, or resume from an "
             "earlier checkpoint"
         )
-    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=dtype, device=probs.device)
+    # Drawn where the generator lives (the rollout worker's is a CPU one), so a seed gives the same uniforms on
+    # every device.
+    where = generator.device if generator is not None else probs.device
+    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=dtype, device=where).to(probs.device)
     # side="right": the first index whose cumulative mass exceeds u; a zero-mass entry covers an empty interval.
     picked = torch.searchsorted(cdf, u.mul_(cdf[:, -1:]), right=True).squeeze_(-1)
     return picked.clamp_(max=probs.shape[-1] - 1)

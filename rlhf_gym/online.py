@@ -25,9 +25,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlhf_gym.advantages import RunningMoments, apply_missing_eos_penalty, clip_rewards, normalise_rewards
+from rlhf_gym.advantages import (
+    RunningMoments,
+    apply_missing_eos_penalty,
+    clip_rewards,
+    masked_mean,
+    normalise_rewards,
+)
 from rlhf_gym.algorithm import Algorithm, AlgorithmConfig
 from rlhf_gym.config import hp
+from rlhf_gym.distributed import data_parallel as dp
 from rlhf_gym.kl import kl_estimate, make_kl_controller
 from rlhf_gym.rollout import Rollout, RolloutWorker
 
@@ -45,6 +52,9 @@ class OnlineConfig(AlgorithmConfig):
     missing_eos_penalty: float | None = hp(None, "subtract this from the score of completions that never end")
     normalize_rewards: bool = hp(False, "standardise scores with running mean/std before use")
     reward_clip: float | None = hp(None, "clip (normalised) scores to ±this")
+    reference_device: str | None = hp(None, "device of the frozen reference model (None: the policy's)")
+    reference_dtype: str | None = hp(None, "precision of the frozen reference: float32, bfloat16, float16 "
+                                           "(None: the policy's dtype)")
 
 
 @dataclass
@@ -83,14 +93,23 @@ class OnlineAlgorithm(Algorithm):
 
     def setup(self) -> None:
         cfg = self.config
-        self.rollouts = RolloutWorker(
-            self.env, self.policy, num_prompts=cfg.num_prompts, group_size=cfg.group_size, seed=cfg.seed,
-            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-        )
+        self.rollouts = self._rollout_worker(cfg.seed)
         self.kl_ctl = make_kl_controller(cfg.beta, cfg.kl_target, cfg.kl_horizon)
         # The reference is a frozen copy of the policy as it is now; skipped entirely when β = 0.
-        self.reference = self.policy.reference() if cfg.beta > 0 else None
+        self.reference = self.build_reference() if cfg.beta > 0 else None
         self.reward_moments = RunningMoments()
+
+    def _rollout_worker(self, seed: int) -> RolloutWorker:
+        # With several learners each samples its shard of the prompts, from its own seeded streams.
+        cfg = self.config
+        return RolloutWorker(
+            self.env, self.policy, num_prompts=dp.shard_size(cfg.num_prompts), group_size=cfg.group_size,
+            seed=dp.shard_seed(seed), temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+        )
+
+    def build_reference(self):
+        """The policy's frozen reference, placed where ``reference_device`` / ``reference_dtype`` say."""
+        return self.policy.reference(self.config.reference_device, self.config.reference_dtype)
 
     # -- rollout ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -119,9 +138,10 @@ class OnlineAlgorithm(Algorithm):
         scores = rollout.scores.clone()
         valid = rollout.score_mask.clone()
         shaped = apply_missing_eos_penalty(scores, rollout.has_eos, self.config.missing_eos_penalty)
-        if self.config.normalize_rewards and bool(valid.any()):
+        if self.config.normalize_rewards:
             self.reward_moments.update(shaped[valid])
-            shaped = normalise_rewards(shaped, self.reward_moments, clip=self.config.reward_clip, update=False)
+            if self.reward_moments.count:
+                shaped = normalise_rewards(shaped, self.reward_moments, clip=self.config.reward_clip, update=False)
         else:
             shaped = clip_rewards(shaped, self.config.reward_clip)
         shaped = torch.where(valid, shaped, torch.zeros_like(shaped))
@@ -142,7 +162,31 @@ class OnlineAlgorithm(Algorithm):
 
     def update_kl_controller(self, batch: Batch) -> None:
         if self.reference is not None:
-            self.kl_ctl.update(float(batch.sequence_kl.mean()), len(batch.rollout))
+            self.kl_ctl.update(float(masked_mean(batch.sequence_kl, None)), dp.global_count(len(batch.rollout)))
+
+    def minibatches(self, mask: torch.Tensor, minibatch_size: int, epochs: int = 1):
+        """``epochs`` passes over the batch in shuffled minibatches of ``minibatch_size`` samples: yields
+        ``(index, mask[index])`` for each minibatch with at least one token to learn from.
+
+        With several learners the minibatches are those of the global batch (one permutation for all, drawn by
+        rank 0), each learner taking the rows of its own shard; a learner with none of a minibatch's rows takes
+        part with one row whose mask is zero, so every learner runs the same steps."""
+        n = mask.shape[0]
+        offset, total = dp.shard_offset(n)
+        for _ in range(epochs):
+            order = torch.randperm(total, generator=self.rollouts.generator).to(mask.device)
+            if dp.reducing():  # every learner follows rank 0's permutation
+                order = dp.broadcast(order)
+            for start in range(0, total, minibatch_size):
+                chosen = order[start : start + minibatch_size]
+                local = chosen[(chosen >= offset) & (chosen < offset + n)] - offset
+                mb_mask = mask[local]
+                if not dp.any_rank(bool(mb_mask.any())):
+                    continue
+                if len(local) == 0:
+                    local = torch.zeros(1, dtype=torch.long, device=mask.device)
+                    mb_mask = torch.zeros_like(mask[local])
+                yield local, mb_mask
 
     # -- metrics ----------------------------------------------------------------------------------------------
     def batch_metrics(self, batch: Batch, entropy: torch.Tensor | None = None) -> dict[str, float]:
@@ -189,7 +233,11 @@ class OnlineAlgorithm(Algorithm):
 
     def load_extra_state(self, tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> None:
         rollout_tensors = {k[len("rollouts/"):]: v for k, v in tensors.items() if k.startswith("rollouts/")}
-        self.rollouts.load_state(rollout_tensors, values["rollouts"])
+        if dp.rank() == 0:
+            self.rollouts.load_state(rollout_tensors, values["rollouts"])
+        else:  # the checkpoint holds rank 0's streams; the others start fresh ones, seeded by the update reached
+            self.rollouts.env.close()
+            self.rollouts = self._rollout_worker(self.config.seed + 1_000_003 * self.num_updates)
         self.kl_ctl.load_state_dict(values["kl_ctl"])
         self.reward_moments.load_state_dict(values["reward_moments"])
 

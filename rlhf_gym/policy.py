@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rlhf_gym.decoding import TanhGELU, fuse_activations, sample_tokens, static_decoder_for
+from rlhf_gym.devices import autocast, cast_frozen_parameters, full_precision, resolve_device, resolve_dtype
 from rlhf_gym.errors import ConfigError, RLHFGymError
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -160,7 +161,8 @@ def _token_stats(
         logprobs = logits.gather(-1, ids).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     values = None
     if value_head is not None:
-        values = value_head(hidden.float()).squeeze(-1).masked_fill(~mask, 0.0)
+        with full_precision(hidden.device):  # the value head is float32 and its estimates stay float32
+            values = value_head(hidden.float()).squeeze(-1).masked_fill(~mask, 0.0)
     return TokenStats(logprobs=logprobs.masked_fill(~mask, 0.0), values=values, entropy=entropy)
 
 
@@ -201,12 +203,23 @@ class ReferenceModel:
 
     Either an independent frozen copy of the policy's language model, or (LoRA) the policy's own model with the
     adapter switched off for the duration of each call. Never part of the policy's parameters.
+
+    A frozen copy may live on another device and in another dtype than the policy (``device`` / ``dtype``, e.g. a
+    bfloat16 reference on a second GPU): inputs are moved to it and the log-probs come back, in float32, to the
+    device the inputs came from.
     """
 
-    def __init__(self, model: Any, *, adapter_disabled: bool = False) -> None:
+    def __init__(self, model: Any, *, adapter_disabled: bool = False, dtype: torch.dtype | None = None) -> None:
         self.model: Any = model
         self.adapter_disabled = adapter_disabled
         self._trunk, self._head = _split_lm(model)
+        #: compute precision (autocast); the weights of a frozen copy are stored in it too
+        self.dtype: torch.dtype = dtype if dtype is not None else self._head.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the reference's weights."""
+        return self._head.weight.device
 
     @contextlib.contextmanager
     def _frozen(self) -> Iterator[None]:
@@ -233,12 +246,16 @@ class ReferenceModel:
 
         Runs under ``torch.inference_mode()``; the result is a plain tensor usable in a loss.
         """
-        with self._frozen():
+        home = input_ids.device
+        here = self.device
+        input_ids, attention_mask = input_ids.to(here), attention_mask.to(here)
+        completion_ids, completion_mask = completion_ids.to(here), completion_mask.to(here)
+        with self._frozen(), autocast(here, self.dtype):
             hidden = _completion_hidden(self._trunk, input_ids, attention_mask, completion_ids, completion_mask)
             stats = _token_stats(
                 self._head, hidden, completion_ids, completion_mask, temperature=temperature, with_entropy=False
             )
-        return stats.logprobs.clone()
+        return stats.logprobs.to(home, copy=True)
 
     def sequence_logprobs(
         self,
@@ -310,6 +327,10 @@ class Policy(nn.Module):
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_token_id: int = int(pad if pad is not None else (self.eos_token_id or 0))
         self._reference: ReferenceModel | None = None
+        #: the reference was placed on its own device/dtype, so moving the policy leaves it where it is
+        self._reference_pinned = False
+        #: precision of forward passes and sampling (autocast below float32); see :meth:`place`
+        self.compute_dtype: torch.dtype = head.weight.dtype if head.weight.is_floating_point() else torch.float32
         #: sample GPT-2 and Llama-style models through :mod:`rlhf_gym.decoding`'s static-cache decoders (same
         #: tokens, less overhead); False: always the model's own forward.
         self.fast_decoding = True
@@ -341,8 +362,9 @@ class Policy(nn.Module):
             lora: a ``peft.LoraConfig`` or a dict of its keyword arguments to train a LoRA adapter instead of all
                 weights.
             trust_remote_code: allow custom modelling code shipped with the checkpoint (off by default).
-            dtype: weight dtype (``torch.bfloat16`` or ``"bfloat16"``); the value head stays float32.
-            device: where to put the model.
+            dtype: weight dtype (``torch.bfloat16`` or ``"bfloat16"``), also the compute precision until
+                :meth:`place` sets another; the value head stays float32.
+            device: where to put the model: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
             disable_dropout: see :class:`Policy`.
 
         Raises:
@@ -376,7 +398,7 @@ class Policy(nn.Module):
         except OSError as exc:
             raise ModelLoadError(_load_failure_message("model", source, exc)) from exc
         if device is not None:
-            model = model.to(device)
+            model = model.to(resolve_device(device))
 
         if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = _load_tokenizer(os.fspath(tokenizer) if tokenizer is not None else load_from, trust_remote_code)
@@ -439,6 +461,47 @@ class Policy(nn.Module):
     def is_peft(self) -> bool:
         """Whether the model is a ``peft`` model (LoRA)."""
         return hasattr(self.model, "disable_adapter") and hasattr(self.model, "get_base_model")
+
+    def place(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> Policy:
+        """Put the policy on ``device`` and train it in mixed precision ``dtype``; returns ``self``.
+
+        Parameters that train (all weights, or the LoRA adapter) and the value head are kept in float32 — the
+        master weights the optimizer updates — while frozen ones (the base under a LoRA adapter) are stored in
+        ``dtype``; forward passes and sampling run under ``torch.autocast(dtype)``; log-probs and values come out
+        in float32. ``dtype=None`` keeps the current precision, ``device=None`` the current device. A frozen
+        reference copy built without a device of its own follows the policy.
+
+        Example:
+            >>> policy.place("cuda", "bfloat16")  # doctest: +SKIP
+        """
+        if device is not None:
+            self.to(resolve_device(device))
+        if dtype is not None:
+            self.compute_dtype = resolve_dtype(dtype)
+            cast_frozen_parameters(self, self.compute_dtype)
+            if self._reference is not None and not self._reference.adapter_disabled and not self._reference_pinned:
+                cast_frozen_parameters(self._reference.model, self.compute_dtype)
+                self._reference.dtype = self.compute_dtype
+            elif self._reference is not None and self._reference.adapter_disabled:
+                self._reference.dtype = self.compute_dtype
+        return self
+
+    def add_lora(self, lora: Any) -> Policy:
+        """Wrap the language model in a fresh LoRA adapter (a ``peft.LoraConfig`` or a dict of its arguments):
+        from now on only the adapter (and the value head) train, and the reference is these weights with the
+        adapter switched off. Returns ``self``."""
+        if self.is_peft:
+            raise ConfigError("this policy already has a LoRA adapter; train it as it is")
+        if self._reference is not None:
+            raise ConfigError("add the LoRA adapter before the reference model is built")
+        self.model = _apply_lora(self.model, lora)
+        trunk, head = _split_lm(self.model)
+        object.__setattr__(self, "_trunk", trunk)
+        object.__setattr__(self, "_head", head)
+        return self
+
+    def _autocast(self) -> Any:
+        return autocast(self.device, self.compute_dtype)
 
     def add_value_head(self) -> nn.Module:
         """Attach a fresh value head (``Linear(hidden, 1)``, float32, near-zero init) and return it."""
@@ -546,7 +609,7 @@ class Policy(nn.Module):
         if top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 disables it), got {top_k}")
         _check_prompt_batch(input_ids, attention_mask)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             ids, mask, logprobs = self._sample(
                 input_ids,
                 attention_mask,
@@ -702,16 +765,17 @@ class Policy(nn.Module):
                 f"completion_ids {tuple(completion_ids.shape)} and completion_mask {tuple(completion_mask.shape)} "
                 f"must both be (batch={input_ids.shape[0]}, completion_len)"
             )
-        hidden = _completion_hidden(self._trunk, input_ids, attention_mask, completion_ids, completion_mask)
-        return _token_stats(
-            self._head,
-            hidden,
-            completion_ids,
-            completion_mask,
-            temperature=temperature,
-            with_entropy=with_entropy,
-            value_head=self.value_head if with_values else None,
-        )
+        with self._autocast():
+            hidden = _completion_hidden(self._trunk, input_ids, attention_mask, completion_ids, completion_mask)
+            return _token_stats(
+                self._head,
+                hidden,
+                completion_ids,
+                completion_mask,
+                temperature=temperature,
+                with_entropy=with_entropy,
+                value_head=self.value_head if with_values else None,
+            )
 
     def sequence_logprobs(
         self,
@@ -727,20 +791,35 @@ class Policy(nn.Module):
             input_ids, attention_mask, completion_ids, completion_mask, temperature=temperature
         ).logprobs.sum(-1)
 
-    def reference(self) -> ReferenceModel:
+    def reference(
+        self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+    ) -> ReferenceModel:
         """The frozen reference model, built on the first call and reused after.
 
         With LoRA it is the base model with the adapter disabled (always the initial weights, no extra memory).
         Otherwise it is a frozen deep copy of the language model *as it is at the first call*: ask for it before
         training starts, and only when it is needed (KL coefficient β > 0).
+
+        Args:
+            device: where a frozen copy lives (default: with the policy, following it when it moves).
+            dtype: the copy's storage and compute precision (default: the policy's compute precision).
         """
         if self._reference is None:
             if self.is_peft:
-                self._reference = ReferenceModel(self.model, adapter_disabled=True)
+                if device is not None and resolve_device(device) != self.device:
+                    raise ConfigError(
+                        f"a LoRA policy's reference is its own base model (adapter disabled), so it lives on the "
+                        f"policy's device {self.device}; drop reference_device={str(device)!r} or train without LoRA"
+                    )
+                self._reference = ReferenceModel(self.model, adapter_disabled=True, dtype=self.compute_dtype)
             else:
+                want = resolve_dtype(dtype) if dtype is not None else self.compute_dtype
                 frozen = copy.deepcopy(self.model).eval()
                 frozen.requires_grad_(False)
-                self._reference = ReferenceModel(frozen)
+                frozen.to(resolve_device(device) if device is not None else self.device)
+                cast_frozen_parameters(frozen, want)
+                self._reference = ReferenceModel(frozen, dtype=want)
+                self._reference_pinned = device is not None or dtype is not None
         return self._reference
 
     def save_reference(self, path: str | os.PathLike[str]) -> None:
@@ -762,17 +841,20 @@ class Policy(nn.Module):
             return self._reference
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(os.fspath(path)).to(self.device).eval()
+        current = self._reference
+        model = AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=current.model.dtype)
+        model = model.to(current.device).eval()
         model.requires_grad_(False)
         if any(isinstance(module, TanhGELU) for module in self.model.modules()):
             fuse_activations(model)
-        self._reference = ReferenceModel(model)
+        self._reference = ReferenceModel(model, dtype=current.dtype)
         return self._reference
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> Policy:  # type: ignore[override]
-        # Keep a frozen reference copy on the same device/dtype as the policy when the policy is moved.
+        # Keep a frozen reference copy on the same device/dtype as the policy when the policy is moved, unless it
+        # was given a place of its own.
         super()._apply(fn, recurse)
-        if self._reference is not None and not self._reference.adapter_disabled:
+        if self._reference is not None and not self._reference.adapter_disabled and not self._reference_pinned:
             self._reference.model._apply(fn, recurse)
         return self
 

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlhf_gym.config import build_config, config_to_dict, field_help, hp
+from rlhf_gym.devices import autocast, check_precision, make_grad_scaler, resolve_device, resolve_dtype
 from rlhf_gym.errors import ConfigError, RLHFGymError
 
 __all__ = [
@@ -96,7 +97,9 @@ class RewardModelConfig:
     bootstrap: bool = hp(True, "train each ensemble member on a resample (with replacement) of the pairs")
     pooling: str = hp("last", "how a scalar head pools a causal LM's hidden states: 'last' real token or 'mean'")
     seed: int = hp(0, "seed of the split, the resamples, the head initialisation and the batch order")
-    device: str = hp("auto", "'auto' (a GPU when there is one), 'cpu', 'cuda', ...")
+    device: str = hp("auto", "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
+    dtype: str = hp("float32", "training precision: float32, bfloat16 or float16 (autocast with float32 weights; "
+                               "float16 adds a loss scaler)")
 
     def __post_init__(self) -> None:
         checks = [
@@ -342,6 +345,8 @@ class RewardModel(nn.Module):
         self.tokenizer = _prepare_tokenizer(tokenizer, "the reward model")
         self.max_length = int(max_length)
         self.card: dict[str, Any] = dict(card or {})
+        #: precision of the forward passes (autocast below float32); rewards always come out float32
+        self.compute_dtype: torch.dtype = torch.float32
         member: Any
         for member in self.members:
             member_config = member.config
@@ -383,7 +388,7 @@ class RewardModel(nn.Module):
         self.eval()
         chunks = []
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(self.device, self.compute_dtype):
                 for start in range(0, len(prompts), batch_size):
                     enc = self.encode(prompts[start:start + batch_size], completions[start:start + batch_size])
                     chunks.append(self(**enc).float().cpu())
@@ -444,9 +449,13 @@ class RewardModel(nn.Module):
                                       encoding="utf-8")
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str], device: str | torch.device | None = None) -> RewardModel:
+    def from_pretrained(cls, path: str | os.PathLike[str], device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = None) -> RewardModel:
         """Load a reward model saved by :meth:`save_pretrained`, or any Hugging Face sequence classifier with
         ``num_labels=1`` and its tokenizer (a TRL reward model, say).
+
+        ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``) and ``dtype`` (``float32``, ``bfloat16``,
+        ``float16``) place it for scoring: the weights are stored in ``dtype``, the rewards are float32.
 
         Raises:
             RewardModelError: the folder does not exist, has no tokenizer, or holds a model whose output is not
@@ -489,7 +498,10 @@ class RewardModel(nn.Module):
         model = cls(members, tokenizer, max_length=int(card.get("max_length", 512)), card=card)
         model.eval()
         if device is not None:
-            model.to(device)
+            model.to(resolve_device(device))
+        if dtype is not None:
+            model.compute_dtype = resolve_dtype(dtype)
+            model.to(model.compute_dtype)
         return model
 
 
@@ -608,9 +620,7 @@ def _resolve_backbone(backbone: str) -> str:
 
 
 def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return resolve_device(device)
 
 
 def _pair_tensors(pairs: Sequence[Mapping[str, Any]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -666,6 +676,8 @@ def _train_member(member: nn.Module, model: RewardModel, pairs: Sequence[Mapping
     total = steps_per_epoch * config.epochs
     optimizer = torch.optim.AdamW(member.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total))
+    dtype = resolve_dtype(config.dtype)
+    scaler = make_grad_scaler(device, dtype)
     member.train()
     last_epoch_loss = float("nan")
     for _ in range(config.epochs):
@@ -676,7 +688,8 @@ def _train_member(member: nn.Module, model: RewardModel, pairs: Sequence[Mapping
             n = len(batch)
             enc = model.encode([p["prompt"] for p in batch] * 2,
                                [p["chosen"] for p in batch] + [p["rejected"] for p in batch])
-            rewards = _member_rewards(member, enc["input_ids"], enc["attention_mask"])
+            with autocast(device, dtype):
+                rewards = _member_rewards(member, enc["input_ids"], enc["attention_mask"]).float()
             r_chosen, r_rejected = rewards[:n], rewards[n:]
             labels, margins = _pair_tensors(batch, device)
             loss = noisy_bradley_terry_loss(r_chosen, r_rejected, config.label_noise,
@@ -684,10 +697,12 @@ def _train_member(member: nn.Module, model: RewardModel, pairs: Sequence[Mapping
             if config.center_rewards_coefficient:
                 loss = loss + config.center_rewards_coefficient * ((r_chosen + r_rejected) ** 2).mean()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(member.parameters(), config.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             schedule.step()
             losses.append(float(loss.detach()))
             progress.update(1)
@@ -743,6 +758,7 @@ def train_reward_model(
             f"comparisons (or lower eval_fraction)")
 
     device = _resolve_device(config.device)
+    check_precision(device, resolve_dtype(config.dtype))
     tokenizer = _load_tokenizer(Path(backbone), "backbone")
     members = [_new_member(backbone, config, tokenizer.pad_token_id, config.seed + 1000 * i)
                for i in range(config.ensemble_size)]

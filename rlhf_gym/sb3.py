@@ -51,6 +51,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 from torch import Tensor, nn
 
+from rlhf_gym.devices import autocast, resolve_dtype
 from rlhf_gym.errors import ConfigError
 from rlhf_gym.policy import Policy, ReferenceModel, _split_lm, position_ids_from_mask
 
@@ -139,14 +140,18 @@ class CausalLMExtractor(BaseFeaturesExtractor):
         trunk, head = _split_lm(lm_policy.model)
         super().__init__(observation_space, features_dim=int(head.weight.shape[1]))
         self.trunk = trunk
+        object.__setattr__(self, "_lm_policy", lm_policy)  # for its precision; its modules are registered elsewhere
 
     def forward(self, observations: Mapping[str, Tensor]) -> Tensor:
-        """``(B, hidden)`` final hidden states where the next token is predicted."""
+        """``(B, hidden)`` float32 final hidden states where the next token is predicted (the trunk runs in the
+        policy's precision)."""
         input_ids, attention_mask = as_token_batch(observations)
-        out = self.trunk(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
-        )
-        return out.last_hidden_state[:, -1]
+        with autocast(input_ids.device, self._lm_policy.compute_dtype):
+            out = self.trunk(
+                input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask),
+            )
+        return out.last_hidden_state[:, -1].float()
 
 
 class _TemperedHead(nn.Module):
@@ -181,6 +186,9 @@ class CausalLMPolicy(ActorCriticPolicy):
         model: a model directory or hub id, an rlhf_gym :class:`Policy`, or a transformers causal LM.
         tokenizer: the tokenizer (object or path), needed only with a bare transformers model.
         temperature: divide the action logits by this (sampling temperature).
+        dtype: precision of the trunk's forward: ``"float32"`` or ``"bfloat16"`` (autocast; the weights SB3's
+            optimizer updates stay float32). float16 is refused: SB3's update has no loss scaler. The device is
+            the SB3 algorithm's own ``device=`` argument.
         **kwargs: other ``ActorCriticPolicy`` options (``optimizer_class``, ``optimizer_kwargs``, …). Options
             that would put SB3's own networks over the vocabulary (``net_arch``, ``use_sde``, a different
             ``features_extractor_class``) are refused.
@@ -197,6 +205,7 @@ class CausalLMPolicy(ActorCriticPolicy):
         model: Any = None,
         tokenizer: Any = None,
         temperature: float = 1.0,
+        dtype: str | torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(observation_space, spaces.Dict) or set(observation_space.spaces) != {
@@ -222,6 +231,11 @@ class CausalLMPolicy(ActorCriticPolicy):
             raise ConfigError("CausalLMPolicy has a categorical token distribution; use_sde is not supported")
         kwargs.pop("ortho_init", None)  # orthogonal re-initialisation would erase the pre-trained weights
         lm_policy = _resolve_lm_policy(model, tokenizer)
+        if dtype is not None:
+            if resolve_dtype(dtype) == torch.float16:
+                raise ConfigError("SB3's update has no loss scaler, so float16 would underflow its gradients; use "
+                                  "dtype='bfloat16' or 'float32'")
+            lm_policy.place(dtype=dtype)
         if int(action_space.n) != lm_policy.vocab_size:
             raise ConfigError(
                 f"the LM head has {lm_policy.vocab_size} tokens but the action space has {int(action_space.n)}; make "
@@ -257,7 +271,7 @@ class CausalLMPolicy(ActorCriticPolicy):
         data = super()._get_constructor_parameters()
         for key in ("net_arch", "ortho_init", "features_extractor_class", "features_extractor_kwargs", "use_sde"):
             data.pop(key, None)
-        data.update(model=self.lm_policy, temperature=self.temperature)
+        data.update(model=self.lm_policy, temperature=self.temperature, dtype=self.lm_policy.compute_dtype)
         return data
 
     def action_logits(self, obs: Mapping[str, Tensor]) -> Tensor:

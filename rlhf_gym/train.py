@@ -6,6 +6,10 @@ templated movie reviews, cached), fine-tune it on demonstrations (SFT), then PPO
 ground truth is VADER sentiment, with a KL penalty towards the SFT policy. It prints a before/after table of samples
 and scores and the run directory. ``--beta 0`` adds a run without the KL penalty next to it, so the reward hacking
 that the penalty prevents is visible: higher reward, degenerate text, a KL many times larger.
+
+``--device``/``--dtype`` place the run (the algorithm's own fields, also used for the demo's SFT), ``--lora R``
+trains a LoRA adapter instead of every weight, and ``--learners N`` runs N data-parallel learner processes on this
+machine (:mod:`rlhf_gym.distributed.data_parallel`; under ``torchrun`` the launcher's group is joined instead).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class RunOptions:
     max_prompt_tokens: int = 16
     ground_truth: str | None = "sentiment"
     seed: int = 0
+    lora: int = 0
+    learners: int = 1
     out: str | None = None
     algo_config: dict[str, Any] = field(default_factory=dict)
 
@@ -60,6 +66,10 @@ RUN_OPTION_HELP = {
     "max_prompt_tokens": "prompts are left-truncated to this many tokens",
     "ground_truth": "provider name of the ground truth reported next to the reward ('none' to skip)",
     "seed": "seed of everything",
+    "lora": "train a LoRA adapter of this rank on the policy instead of every weight (0: full fine-tuning); the "
+            "reference is then the base with the adapter switched off",
+    "learners": "data-parallel learner processes on this machine (gloo on CPU, NCCL on CUDA: one GPU each); "
+                "under torchrun leave it at 1",
     "out": "run directory (default: runs/<algo>-<date>)",
 }
 
@@ -76,6 +86,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", help=help_text["prompts"])
     parser.add_argument("--config", help="YAML or TOML file of run options and algorithm config fields")
     parser.add_argument("--seed", type=int, help=help_text["seed"])
+    parser.add_argument("--device", help="where to train: auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps "
+                                         "(default: cpu)")
+    parser.add_argument("--dtype", help="training precision: float32, bfloat16, float16 (autocast with float32 "
+                                        "master weights; default: float32)")
+    parser.add_argument("--lora", type=int, metavar="R", help=help_text["lora"])
+    parser.add_argument("--learners", type=int, metavar="N", help=help_text["learners"])
     parser.add_argument("--out", help=help_text["out"])
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     parser.add_argument("--updates", type=int, help=help_text["updates"])
@@ -170,6 +186,13 @@ def resolve_options(args: argparse.Namespace, extra: list[str]) -> RunOptions:
     algo_config.update(_parse_extra(extra))
     if getattr(args, "beta", None) is not None:
         algo_config["beta"] = args.beta
+    for key in ("device", "dtype"):
+        if getattr(args, key, None) is not None:
+            algo_config[key] = getattr(args, key)
+    if not isinstance(opts.lora, int) or opts.lora < 0:
+        raise ConfigError(f"--lora takes the adapter rank, an integer ≥ 0 (0: no adapter); got {opts.lora!r}")
+    if not isinstance(opts.learners, int) or opts.learners < 1:
+        raise ConfigError(f"--learners takes a number of processes ≥ 1, got {opts.learners!r}")
     if isinstance(opts.ground_truth, str) and opts.ground_truth.lower() in ("none", ""):
         opts.ground_truth = None
     opts.algo_config = algo_config
@@ -217,23 +240,40 @@ def prepare_policy(opts: RunOptions, run_dir: Path, progress: bool):
     from rlhf_gym.policy import Policy
 
     needs_value_head = bool(getattr(algorithm_class(opts.algo), "needs_value_head", False))
+    place = {k: opts.algo_config[k] for k in ("device", "dtype") if k in opts.algo_config}
+    lora = {"r": opts.lora, "lora_alpha": 2 * opts.lora} if opts.lora else None
     if opts.model:
-        policy = Policy.from_pretrained(opts.model, value_head=needs_value_head)
-        return policy, opts.prompts
+        policy = Policy.from_pretrained(opts.model, value_head=needs_value_head, lora=lora)
+        return policy.place(**place), opts.prompts
     from rlhf_gym import tiny
 
-    print("Building the tiny kit (cached after the first run)...", flush=True)
+    _say("Building the tiny kit (cached after the first run)...")
     kit = tiny.build_tiny_kit(seed=0, progress=progress)
     policy = Policy.from_pretrained(kit.path, value_head=needs_value_head)
     if opts.sft_updates > 0:
-        print(f"SFT: {opts.sft_updates} updates on demonstrations...", flush=True)
+        _say(f"SFT: {opts.sft_updates} updates on demonstrations...")
         sft = make_algorithm("sft", policy=policy, dataset=tiny.demonstrations(4000, seed=opts.seed + 1),
                              seed=opts.seed, learning_rate=3e-4, batch_size=32, max_prompt_tokens=opts.max_prompt_tokens,
-                             max_completion_tokens=opts.max_new_tokens)
+                             max_completion_tokens=opts.max_new_tokens, **place)
         sft.learn(opts.sft_updates, progress_bar=progress)
-        policy.save_pretrained(run_dir / "sft")
+        if _writer():
+            policy.save_pretrained(run_dir / "sft")
+    if lora:  # the adapter goes on the fine-tuned (SFT) weights, which stay the reference
+        policy.add_lora(lora)
     prompts = opts.prompts or tiny.review_prompts()
-    return policy, prompts
+    return policy.place(**place), prompts
+
+
+def _writer() -> bool:
+    from rlhf_gym.distributed import data_parallel as dp
+
+    return dp.is_writer()
+
+
+def _say(text: str) -> None:
+    """Print progress once, from the learner that writes (every process of a one-process run)."""
+    if _writer():
+        print(text, flush=True)
 
 
 def check_env_id(env_id: str) -> None:
@@ -284,14 +324,16 @@ def train_once(opts: RunOptions, run_dir: Path, policy: Any, env: Any, progress:
     trained = copy.deepcopy(policy)
     algo = make_algorithm(opts.algo, env=env, policy=trained, **config)
     algo.run_info = {"run": _options_dict(opts)}
-    print(f"RL{label}: {opts.algo} for {opts.updates} updates (β={getattr(algo.config, 'beta', 'n/a')}) "
-          f"→ {run_dir}", flush=True)
+    _say(f"RL{label}: {opts.algo} for {opts.updates} updates (β={getattr(algo.config, 'beta', 'n/a')}) → {run_dir}")
     algo.learn(opts.updates, progress_bar=progress)
     # Fresh samples, scored by the ground truth, and their KL to the starting (SFT) policy.
-    after = evaluate(trained, env, num_samples=opts.eval_samples, reward=opts.ground_truth, seed=opts.seed + 999,
-                     reference=policy)
+    after = None
+    if _writer():
+        after = evaluate(trained, env, num_samples=opts.eval_samples, reward=opts.ground_truth,
+                         seed=opts.seed + 999, reference=policy)
     algo.close()
-    return {"algo": algo, "after": after, "kl": after["kl"], "run_dir": run_dir, "policy": trained}
+    return {"algo": algo, "after": after, "kl": after["kl"] if after else None, "run_dir": run_dir,
+            "policy": trained}
 
 
 def _options_dict(opts: RunOptions) -> dict[str, Any]:
@@ -351,6 +393,9 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
             print(f"--{name:<24} {text}")
         return 0
     progress = _progress(not args.no_progress)
+    if opts.learners > 1 and "RANK" not in os.environ:  # spawned learners get RANK from their launch
+        return _spawn_learners(args, extra or [], opts)
+    _join_launcher_group(opts)
     if args.resume:
         return resume(args.resume, opts, progress)
     algo_cls = algorithm_class(opts.algo)  # unknown names fail here, before any work
@@ -363,8 +408,10 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     policy, prompts = prepare_policy(opts, run_dir, progress)
     env = make_env(opts, policy, prompts)
-    before = evaluate(policy, env, num_samples=opts.eval_samples, reward=opts.ground_truth, seed=opts.seed + 999)
-    print(f"Before RL: mean {opts.ground_truth or opts.reward} score {before['mean']:.3f}", flush=True)
+    before = None
+    if _writer():
+        before = evaluate(policy, env, num_samples=opts.eval_samples, reward=opts.ground_truth, seed=opts.seed + 999)
+        _say(f"Before RL: mean {opts.ground_truth or opts.reward} score {before['mean']:.3f}")
     demo = opts.model is None
     runs: list[tuple[str, dict[str, Any]]] = []
     compare_beta = demo and "beta" in opts.algo_config and float(opts.algo_config["beta"]) == 0.0
@@ -374,6 +421,9 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
             runs.append((name, train_once(opts, sub, policy, env, progress, beta=beta, label=f" [{name}]")))
     else:
         runs.append((f"after {opts.algo}", train_once(opts, run_dir, policy, env, progress)))
+    if not _writer():
+        env.close()
+        return 0
     for _, res in runs:
         res["policy"].save_pretrained(res["run_dir"] / "policy")
         summary = {"before": _eval_summary(before), "after": _eval_summary(res["after"]), "kl": res["kl"]}
@@ -381,6 +431,50 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     print_report(before, runs, opts)
     env.close()
     return 0
+
+
+def _learner_device(opts: RunOptions, local_rank: int) -> None:
+    """Give each CUDA learner its own GPU (``cuda`` / ``auto`` become ``cuda:<local rank>``)."""
+    import torch
+
+    device = str(opts.algo_config.get("device", "cpu"))
+    if torch.cuda.is_available() and device in ("cuda", "auto"):
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+
+
+def _spawn_learners(args: argparse.Namespace, extra: list[str], opts: RunOptions) -> int:
+    """``--learners N``: run this same command in N processes joined in one torch.distributed group."""
+    import torch
+
+    from rlhf_gym.devices import resolve_device
+    from rlhf_gym.distributed import data_parallel as dp
+
+    device = resolve_device(opts.algo_config.get("device", "cpu"))
+    if device.type == "cuda" and opts.learners > torch.cuda.device_count():
+        raise ConfigError(f"--learners {opts.learners} on CUDA needs a GPU per learner; this machine has "
+                          f"{torch.cuda.device_count()}")
+    if opts.out is None and not args.resume:  # every learner must agree on the run directory
+        from rlhf_gym.run_logger import default_run_dir
+
+        args.out = str(default_run_dir(opts.algo))
+    plain = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    dp.spawn(_learner_main, opts.learners, plain, extra, backend=dp.default_backend(device))
+    return 0
+
+
+def _learner_main(rank: int, world: int, plain: dict[str, Any], extra: list[str]) -> None:
+    run(argparse.Namespace(**plain), extra)
+
+
+def _join_launcher_group(opts: RunOptions) -> None:
+    """Under torchrun (``WORLD_SIZE`` > 1) join its process group, one GPU per local rank."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    from rlhf_gym.devices import resolve_device
+    from rlhf_gym.distributed import data_parallel as dp
+
+    _learner_device(opts, int(os.environ.get("LOCAL_RANK", "0")))
+    dp.init_from_env(resolve_device(opts.algo_config.get("device", "cpu")))
 
 
 def _eval_summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -412,8 +506,8 @@ def resume(run_dir: str, opts: RunOptions, progress: bool) -> int:
     env = make_env(run_opts, policy, prompts)
     algo = algo_cls.load(ckpt, env=env, policy=policy, run_dir=str(path))
     algo.run_info = {"run": _options_dict(run_opts)}
-    print(f"Resuming {saved['algorithm']} at update {algo.num_updates} → {run_opts.updates}", flush=True)
+    _say(f"Resuming {saved['algorithm']} at update {algo.num_updates} → {run_opts.updates}")
     algo.learn(run_opts.updates, progress_bar=progress)
     algo.close()
-    print(f"run directory: {path}")
+    _say(f"run directory: {path}")
     return 0
