@@ -21,7 +21,7 @@ from rlhf_gym.advantages import RunningMoments, apply_missing_eos_penalty, clip_
 from rlhf_gym.algorithm import Algorithm, AlgorithmConfig
 from rlhf_gym.config import hp
 from rlhf_gym.kl import kl_estimate, make_kl_controller
-from rlhf_gym.rollout import Rollout, RolloutWorker
+from rlhf_gym.rollout import Rollout, make_rollout_source
 
 
 @dataclass
@@ -37,6 +37,13 @@ class OnlineConfig(AlgorithmConfig):
     missing_eos_penalty: float | None = hp(None, "subtract this from the score of completions that never end")
     normalize_rewards: bool = hp(False, "standardise scores with running mean/std before use")
     reward_clip: float | None = hp(None, "clip (normalised) scores to ±this")
+    rollout_workers: int = hp(0, "Ray actors that sample the batches (0: sample in this process)")
+    ray_address: str | None = hp(None, "Ray cluster to join with rollout_workers > 0 ('auto', 'host:6379'; None: "
+                                       "start one on this machine)")
+    async_rollouts: bool = hp(False, "Ray mode: sample the next batch while this one trains (needs max_policy_lag ≥ 1)")
+    max_policy_lag: int = hp(0, "Ray mode: updates a batch's weights may lag the learner's (0: always on-policy)")
+    rollout_num_cpus: float = hp(1.0, "Ray mode: CPUs reserved per rollout actor")
+    rollout_num_gpus: float = hp(0.0, "Ray mode: GPUs per rollout actor (> 0: it samples on its GPU)")
 
 
 @dataclass
@@ -75,10 +82,8 @@ class OnlineAlgorithm(Algorithm):
 
     def setup(self) -> None:
         cfg = self.config
-        self.rollouts = RolloutWorker(
-            self.env, self.policy, num_prompts=cfg.num_prompts, group_size=cfg.group_size, seed=cfg.seed,
-            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-        )
+        # In this process, or Ray actors running the same worker code (rollout_workers > 0).
+        self.rollouts = make_rollout_source(self.env, self.policy, cfg, version=lambda: self.num_updates)
         self.kl_ctl = make_kl_controller(cfg.beta, cfg.kl_target, cfg.kl_horizon)
         # The reference is a frozen copy of the policy as it is now; skipped entirely when β = 0.
         self.reference = self.policy.reference() if cfg.beta > 0 else None
@@ -142,6 +147,7 @@ class OnlineAlgorithm(Algorithm):
             "timing/generation": r.timing.get("generation", 0.0),
             "timing/scoring": r.timing.get("scoring", 0.0),
             "perf/tokens_per_s": r.num_tokens / max(r.timing.get("generation", 0.0), 1e-9),
+            **r.metrics,
         }
         if raw.numel():
             metrics["objective/scores"] = float(raw.mean())
@@ -154,6 +160,12 @@ class OnlineAlgorithm(Algorithm):
             metrics["objective/true_scores"] = float(np.mean(truth))
         self.last_samples = r.samples()
         return metrics
+
+    def close(self) -> None:
+        super().close()
+        close = getattr(self.rollouts, "close", None)
+        if callable(close):
+            close()
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -243,11 +243,20 @@ def make_reward(name: str, **kwargs: Any):
     """Build a registered reward provider by name.
 
     A factory may return a :class:`~rlhf_gym.RewardProvider` or a TRL-style callable; either way a provider comes
-    back.
+    back. ``placement={"num_gpus": 1}`` (any of ``num_cpus``/``num_gpus``/``resources``) builds it on a Ray actor
+    of its own instead and returns a :class:`~rlhf_gym.distributed.ray_reward.RemoteReward` that calls it.
     """
     from rlhf_gym.providers import as_provider
 
     entry = get_entry("reward", name)
+    placement = kwargs.pop("placement", None)
+    if placement is not None:  # served by a Ray actor of its own (rlhf_gym.distributed.ray_reward)
+        from rlhf_gym.distributed.ray_runtime import require_ray
+
+        require_ray()
+        from rlhf_gym.distributed.ray_reward import RemoteReward
+
+        return RemoteReward(name, kwargs, placement=placement)
     provider = as_provider(entry.obj(**kwargs))
     if getattr(provider, "name", None) in (None, "", type(provider).__name__):
         provider.name = name
