@@ -153,8 +153,9 @@ class RayRolloutGroup:
         groups = shard_sizes(config.num_prompts, local.group_size, workers)
         self.sizes = [g * local.group_size for g in groups]
         connect(config.ray_address)
-        setup_ref = ray.put(local.env.setup)
-        policy_ref = policy_for_actors(local.policy)
+        # Held for the group's life: Ray restarts a killed actor from these same constructor arguments.
+        self._setup_ref = setup_ref = ray.put(local.env.setup)
+        self._policy_ref = policy_ref = policy_for_actors(local.policy)
         options = actor_options(config.rollout_num_cpus, config.rollout_num_gpus)
         self.actors = [
             RolloutActorRemote.options(**options).remote(
@@ -310,7 +311,7 @@ class RayRolloutGroup:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
-        self._published = self._in_flight = None
+        self._published = self._in_flight = self._setup_ref = self._policy_ref = None
 
 
 def _plain(value: Any) -> Any:
