@@ -57,6 +57,7 @@ BENCHES = [
     Bench("rollout", "bench_rollout.py", sides=["env", "policy_generate", "hf_generate"]),
     Bench("env", "bench_env.py"),
     Bench("sb3", "bench_sb3.py"),  # written separately; skipped when absent
+    Bench("ray", "bench_ray.py"),  # needs the ray extra
 ]
 
 
@@ -202,7 +203,34 @@ def ratio_rows(results: dict[str, Any]) -> list[list[str]]:
                 f"{fmt(m['peak_above_baseline_mb'])} MiB above baseline vs {fmt(m['budget_mb'])} MiB")
         else:
             add(label, None, "≤", 2.0, str(r))
+    r = results.get("ray")
+    if isinstance(r, dict):
+        s = r["sides"]
+        add("Ray rollout, 1 worker vs in-process (tokens/s; overhead ≤ 10%)", 1 - r["overhead_1_worker"], "≥", 0.9,
+            f"{fmt(s['ray_1']['median'])} vs {fmt(s['in_process']['median'])} tokens/s")
+    else:
+        add("Ray rollout, 1 worker vs in-process", None, "≥", 0.9, str(r))
     return rows
+
+
+def ray_section(result: Any) -> list[str]:
+    """Throughput of the Ray rollout workers, the overhead at one worker and the two-worker scaling efficiency."""
+    parts = ["## Ray rollout workers (`bench/bench_ray.py`)", ""]
+    if not isinstance(result, dict):
+        return parts + [f"Not measured here: {result or 'bench/bench_ray.py is absent'}.", ""]
+    s = result["sides"]
+    return parts + [
+        "Each step publishes new weights (every actor loads them from the object store) and samples 16 × 32 tokens; "
+        "one torch thread per actor and in the in-process side.",
+        "",
+        table(["side", "tokens/s (median)", "step s (median)"],
+              [[k, fmt(v["median"]), fmt(result["step_s"][k]["median"])] for k, v in s.items()]),
+        "",
+        f"Overhead of Ray mode at 1 worker: {result['overhead_1_worker']:.1%} (target ≤ 10%). Scaling efficiency "
+        f"of 2 workers, tokens/s ÷ (2 × 1 worker): {result['scaling_efficiency_2_workers']:.0%} — two workers can "
+        "only scale on a machine with two idle cores; compare the load average below.",
+        "",
+    ]
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -335,6 +363,7 @@ def write_report(results: dict[str, Any], memory: dict[str, Any], commands: list
                             [[k, fmt(v["median"])] for k, v in rates.items()]), ""]
     else:
         parts += [f"Not measured here: {sb3 or 'bench/bench_sb3.py is absent'}.", ""]
+    parts += ray_section(results.get("ray"))
     parts += ["## How each side is timed", "", *METHOD_NOTES, ""]
     parts += ["## Machine", "", *machine(threads, load_start, load_end), "",
               "## Commands", "", "Everything above: `make bench` (installs `.[bench]`, then runs "

@@ -283,7 +283,7 @@ def test_two_ray_workers_learn_as_much_as_in_process_sampling(tiny_kit, ray_addr
         start = evaluate(policy, env, num_samples=128, seed=99)["mean"]
         algo = rlhf_gym.make_algorithm("rloo", env=env, policy=policy, num_prompts=16, group_size=4, seed=0,
                                        learning_rate=1e-4, beta=0.05, rollout_workers=workers)
-        algo.learn(50, progress_bar=False)
+        algo.learn(30, progress_bar=False)
         algo.close()
         gains.append(evaluate(policy, env, num_samples=128, seed=99)["mean"] - start)
     local, remote = gains

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +117,22 @@ def shard_sizes(num_prompts: int, group_size: int, workers: int) -> list[int]:
     return [len(part) for part in np.array_split(np.arange(num_prompts), workers)]
 
 
+def check_resources(workers: int, num_cpus: float, num_gpus: float, address: str | None) -> None:
+    """Refuse a group the cluster can never hold (its actors would wait forever); on a cluster joined by address,
+    which may add nodes on demand, only warn."""
+    total = ray.cluster_resources()
+    short = [f"{need:g} {name} ({workers} × {each:g}) but the cluster has {total.get(name, 0):g}"
+             for name, each in (("CPU", num_cpus), ("GPU", num_gpus))
+             for need in [workers * each] if need > total.get(name, 0) + 1e-9]
+    if not short:
+        return
+    message = (f"rollout_workers={workers} need " + "; ".join(short) + ": lower rollout_workers, "
+               "rollout_num_cpus or rollout_num_gpus, or add nodes")
+    if address in (None, "", "local"):
+        raise ConfigError(message)
+    warnings.warn(message + " (waiting for the cluster to grow)", stacklevel=3)
+
+
 @dataclass
 class _InFlight:
     """A batch launched on the actors and not yet taken."""
@@ -153,6 +170,7 @@ class RayRolloutGroup:
         groups = shard_sizes(config.num_prompts, local.group_size, workers)
         self.sizes = [g * local.group_size for g in groups]
         connect(config.ray_address)
+        check_resources(workers, config.rollout_num_cpus, config.rollout_num_gpus, config.ray_address)
         # Held for the group's life: Ray restarts a killed actor from these same constructor arguments.
         self._setup_ref = setup_ref = ray.put(local.env.setup)
         self._policy_ref = policy_ref = policy_for_actors(local.policy)
