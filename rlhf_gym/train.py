@@ -365,15 +365,28 @@ def _eval_summary(result: dict[str, Any]) -> dict[str, Any]:
             "samples": result["samples"][:8]}
 
 
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The complete checkpoint of ``run_dir`` with the most updates: ``checkpoints/last`` (written when a run ends)
+    or, after a learner was killed, a newer ``checkpoints/step-N``; None when there is none."""
+    found: list[tuple[int, int, Path]] = []
+    for folder in (run_dir / "checkpoints").glob("*"):
+        state = folder / "trainer_state.json"
+        if folder.name == "last" and state.is_file():
+            found.append((int(json.loads(state.read_text()).get("num_updates", 0)), 1, folder))
+        elif folder.name.startswith("step-") and folder.name[5:].isdigit() and state.is_file():
+            found.append((int(folder.name[5:]), 0, folder))
+    return max(found)[2] if found else None
+
+
 def resume(run_dir: str, opts: RunOptions, progress: bool) -> int:
     """Continue ``run_dir`` from ``checkpoints/last`` up to ``--updates`` updates in total."""
     from rlhf_gym.plugins import algorithm_class
     from rlhf_gym.policy import Policy
 
     path = Path(run_dir)
-    ckpt = path / "checkpoints" / "last"
+    ckpt = latest_checkpoint(path)
     config_file = path / "config.json"
-    if not ckpt.is_dir() or not config_file.exists():
+    if ckpt is None or not config_file.exists():
         raise ConfigError(f"{run_dir} has no checkpoints/last to resume from; pass the run directory of an earlier "
                           f"`rlhf-gym train`")
     saved = json.loads(config_file.read_text())
