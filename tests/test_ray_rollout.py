@@ -106,6 +106,17 @@ def test_one_ray_worker_samples_and_trains_exactly_like_the_in_process_worker(na
     assert metrics["perf/policy_lag"] == 0.0
 
 
+def test_k_step_off_policy_reuses_published_weights_for_at_most_k_updates(tiny_kit, ray_address):
+    policy = Policy.from_pretrained(tiny_kit.path, value_head=False)
+    algo = rlhf_gym.make_algorithm("rloo", env=make_env(policy), policy=policy, num_prompts=2, group_size=2, seed=3,
+                                   rollout_workers=1, max_policy_lag=2)
+    batches = record_batches(algo)
+    algo.learn(5, progress_bar=False)
+    algo.close()
+    assert [b["metrics"]["perf/policy_version"] for b in batches] == [0.0, 0.0, 0.0, 3.0, 3.0]
+    assert [b["metrics"]["perf/policy_lag"] for b in batches] == [0.0, 1.0, 2.0, 0.0, 1.0]
+
+
 # -- two workers: sharding, lag, faults --------------------------------------------------------------------------
 
 
