@@ -11,12 +11,16 @@ scored through ``Completion-v0``:
 Reported: tokens/s per step; the overhead of Ray mode at one worker (``1 - ray_1 / in_process``, target ≤ 10%) and
 the scaling efficiency of two workers (``ray_2 / (2 × ray_1)``). Each actor and this process use one torch thread
 (Ray gives an actor ``num_cpus`` threads), so one worker and the in-process side do the same work on one core.
+Ray starts its worker processes at niceness 15; on a machine other work shares that alone slows the actors against
+everything else, so this benchmark starts its cluster with ``RAY_worker_niceness=0`` (set it to override) and
+measures what Ray mode itself costs.
 
 Run: ``python bench/bench_ray.py [--steps 7] [--warmup 2] [--json out.json]`` (needs the ``ray`` extra).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -60,6 +64,7 @@ def build_sides(setup: common.BenchSetup, names: list[str]) -> tuple[dict[str, C
 def main() -> None:
     args = common.parse_args(__doc__.splitlines()[0], SIDES)
     threads = common.configure_torch(1)
+    os.environ.setdefault("RAY_worker_niceness", "0")  # read by the cluster ray.init starts below
     import ray
     import ray.cloudpickle
 

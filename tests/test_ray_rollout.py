@@ -314,3 +314,14 @@ def test_resume_picks_the_newest_complete_checkpoint_of_a_killed_learner(tmp_pat
     assert latest_checkpoint(tmp_path) == folder / "step-10"
     (folder / "last" / "trainer_state.json").write_text('{"num_updates": 10}')  # a clean end at the same update
     assert latest_checkpoint(tmp_path) == folder / "last"
+
+
+def test_published_weights_round_trip_in_every_dtype():
+    from rlhf_gym.distributed.ray_rollout import load_published_state, publishable_state
+
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        source = torch.nn.Linear(3, 2).to(dtype)
+        target = torch.nn.Linear(3, 2).to(dtype)
+        load_published_state(target, publishable_state(source))
+        for a, b in zip(source.state_dict().values(), target.state_dict().values()):
+            assert a.dtype == b.dtype == dtype and torch.equal(a, b)

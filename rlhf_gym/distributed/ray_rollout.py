@@ -5,8 +5,9 @@ How a batch is made (:class:`RayRolloutGroup`, on the learner):
 
 1. The learner's own :class:`RolloutWorker` draws the batch's prompt indices from its prompt stream (the same order
    an in-process run walks) and splits them, group-aligned, into one contiguous shard per actor.
-2. Each actor is told the weight version to sample with and the object-store reference of those weights (a CPU
-   ``state_dict`` the learner ``ray.put`` after its last update); it loads them only when its version differs.
+2. Each actor is told the weight version to sample with and the object-store reference of those weights (the
+   learner's ``state_dict`` as CPU arrays, ``ray.put`` after its last update); it loads them only when its version
+   differs.
 3. Each call carries the worker's sampler RNG and provider state and returns them advanced with the shard, so the
    learner always holds every worker's position: an actor killed and restarted by Ray re-runs the retried call
    from the same state and gives the same shard (nothing lost, nothing counted twice), and checkpoints hold it.
@@ -73,7 +74,7 @@ class RolloutActor:
         this actor holds another version. Same arguments, same answer: safe to retry on a restarted actor.
         """
         if version != self.version:
-            self.policy.load_state_dict(ray.get(weights[0]))
+            load_published_state(self.policy, ray.get(weights[0]))
             self.version = version
         self.worker.generator.set_state(rng_state)
         load_provider_state(self.worker.provider, reward_state)
@@ -90,9 +91,28 @@ class RolloutActor:
 RolloutActorRemote = ray.remote(RolloutActor)
 
 
-def publishable_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The policy's weights as CPU tensors, ready for ``ray.put``."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()}
+def publishable_state(policy: torch.nn.Module) -> dict[str, Any]:
+    """The policy's weights as CPU numpy arrays, ready for ``ray.put``: Ray stores numpy arrays without pickling
+    their bytes and an actor reads them in place from shared memory (half the time of torch tensors here).
+    Dtypes numpy lacks (bfloat16) travel as same-width integers and a note of their dtype."""
+    arrays, dtypes = {}, {}
+    for name, value in policy.state_dict().items():
+        value = value.detach().to("cpu").contiguous()
+        if value.dtype == torch.bfloat16:
+            dtypes[name] = "bfloat16"
+            value = value.view(torch.int16)
+        arrays[name] = value.numpy()
+    return {"arrays": arrays, "dtypes": dtypes}
+
+
+def load_published_state(module: torch.nn.Module, published: dict[str, Any]) -> None:
+    """Copy what :func:`publishable_state` made into ``module``'s weights."""
+    with warnings.catch_warnings():  # the arrays are read-only views of the object store; they are only read
+        warnings.simplefilter("ignore", UserWarning)
+        state = {name: torch.from_numpy(array) for name, array in published["arrays"].items()}
+    for name, dtype in published["dtypes"].items():
+        state[name] = state[name].view(getattr(torch, dtype))
+    module.load_state_dict(state)
 
 
 def policy_for_actors(policy: Any) -> Any:
