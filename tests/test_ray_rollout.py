@@ -238,8 +238,10 @@ def test_killed_learner_resumes_from_its_checkpoint_with_the_unbroken_result(unb
     ({"rollout_workers": 2, "async_rollouts": True}, "max_policy_lag"),
     ({"rollout_workers": 5, "num_prompts": 4}, "cannot be split"),
     ({"rollout_workers": 1, "max_policy_lag": -1}, "max_policy_lag must be"),
+    ({"rollout_workers": 2, "rollout_num_gpus": 1}, "GPU .* lower rollout_workers"),
+    ({"rollout_workers": 3, "rollout_num_cpus": 4}, "12 CPU .* free"),
 ])
-def test_bad_ray_configs_fail_with_one_clear_error(config, message, tiny_kit):
+def test_bad_ray_configs_fail_with_one_clear_error(config, message, tiny_kit, ray_address):
     policy = Policy.from_pretrained(tiny_kit.path, value_head=False)
     with pytest.raises(ConfigError, match=message):
         rlhf_gym.make_algorithm("rloo", env=make_env(policy), policy=policy, **config)

@@ -138,16 +138,16 @@ def shard_sizes(num_prompts: int, group_size: int, workers: int) -> list[int]:
 
 
 def check_resources(workers: int, num_cpus: float, num_gpus: float, address: str | None) -> None:
-    """Refuse a group the cluster can never hold (its actors would wait forever); on a cluster joined by address,
-    which may add nodes on demand, only warn."""
-    total = ray.cluster_resources()
-    short = [f"{need:g} {name} ({workers} × {each:g}) but the cluster has {total.get(name, 0):g}"
+    """Refuse a group the cluster cannot hold now (its actors would wait forever, e.g. a reward server already took
+    the CPU); on a cluster joined by address, which may add nodes on demand, only warn."""
+    free = ray.available_resources()
+    short = [f"{need:g} {name} ({workers} × {each:g}) but the cluster has {free.get(name, 0):g} free"
              for name, each in (("CPU", num_cpus), ("GPU", num_gpus))
-             for need in [workers * each] if need > total.get(name, 0) + 1e-9]
+             for need in [workers * each] if need > free.get(name, 0) + 1e-9]
     if not short:
         return
     message = (f"rollout_workers={workers} need " + "; ".join(short) + ": lower rollout_workers, "
-               "rollout_num_cpus or rollout_num_gpus, or add nodes")
+               "rollout_num_cpus (e.g. 0.5) or rollout_num_gpus, or add nodes")
     if address in (None, "", "local"):
         raise ConfigError(message)
     warnings.warn(message + " (waiting for the cluster to grow)", stacklevel=3)
