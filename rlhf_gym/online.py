@@ -163,7 +163,7 @@ class OnlineAlgorithm(Algorithm):
 
     def close(self) -> None:
         super().close()
-        close = getattr(self.rollouts, "close", None)
+        close = getattr(getattr(self, "rollouts", None), "close", None)
         if callable(close):
             close()
 

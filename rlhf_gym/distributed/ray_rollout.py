@@ -27,7 +27,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -127,10 +127,10 @@ def policy_for_actors(policy: Any) -> Any:
         policy.__dict__["_reference"] = reference
 
 
-def shard_sizes(num_prompts: int, group_size: int, workers: int) -> list[int]:
+def shard_sizes(num_prompts: int, workers: int) -> list[int]:
     """Prompt groups per worker: as even as possible, the larger shards first."""
     if workers < 1:
-        raise ConfigError(f"rollout_workers must be ≥ 1 in Ray mode, got {workers}")
+        raise ConfigError(f"rollout_workers must be 0 (sample in this process) or a number of Ray actors, got {workers}")
     if num_prompts < workers:
         raise ConfigError(f"num_prompts={num_prompts} cannot be split over rollout_workers={workers}: every worker "
                           f"needs at least one prompt; lower rollout_workers or raise num_prompts")
@@ -161,7 +161,6 @@ class _InFlight:
     version: int
     prompt_index: np.ndarray
     kind: tuple[bool, bool]
-    started: float = field(default_factory=time.perf_counter)
 
 
 class RayRolloutGroup:
@@ -187,7 +186,7 @@ class RayRolloutGroup:
         check_replicable(local.provider, workers)
         self.local = local
         self.version = version or (lambda: 0)
-        groups = shard_sizes(config.num_prompts, local.group_size, workers)
+        groups = shard_sizes(config.num_prompts, workers)
         self.sizes = [g * local.group_size for g in groups]
         connect(config.ray_address)
         check_resources(workers, config.rollout_num_cpus, config.rollout_num_gpus, config.ray_address)
