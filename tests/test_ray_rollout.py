@@ -207,14 +207,16 @@ def test_killed_learner_resumes_from_its_checkpoint_with_the_unbroken_result(unb
     script = tmp_path / "learner.py"
     script.write_text(LEARNER)
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(script), tiny_kit.path, str(run_dir), ray_address,
-                             repr(TWO_WORKERS)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "learner.log"  # a file, not a pipe: Ray's logging must never block the learner
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, str(script), tiny_kit.path, str(run_dir), ray_address,
+                                 repr(TWO_WORKERS)], stdout=out, stderr=subprocess.STDOUT)
     resume_at = 3
     checkpoint = run_dir / "checkpoints" / f"step-{resume_at}"
     deadline = time.monotonic() + 180
     try:
         while not (checkpoint / "trainer_state.json").exists():
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the learner wrote no checkpoint in time"
             time.sleep(0.05)
     finally:
