@@ -260,6 +260,19 @@ def test_live_human_is_never_copied_onto_rollout_workers(tiny_kit, tmp_path):
             rlhf_gym.make_algorithm("rloo", env=make_env(policy, reward), policy=policy, rollout_workers=1)
 
 
+def test_a_placed_live_human_is_one_writer_every_worker_may_call(ray_address, tmp_path):
+    from rlhf_gym.distributed.ray_reward import RemoteReward, check_replicable
+
+    human = rlhf_gym.make_reward("live-human", store=str(tmp_path / "store.sqlite"), ui="queue",
+                                 placement={"num_cpus": 0.5})
+    try:
+        assert isinstance(human, RemoteReward) and human.deterministic is False
+        assert human.server_pid() != os.getpid()  # the store's one writer is the server process
+        check_replicable(human, 4)  # copies of the proxy all call that one server
+    finally:
+        human.close()
+
+
 def test_reward_placement_keys_are_checked(ray_address):
     with pytest.raises(ConfigError, match="unknown placement keys"):
         rlhf_gym.make_reward("sentiment", placement={"gpus": 1})
