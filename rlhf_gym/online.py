@@ -36,7 +36,7 @@ from rlhf_gym.algorithm import Algorithm, AlgorithmConfig
 from rlhf_gym.config import hp
 from rlhf_gym.distributed import data_parallel as dp
 from rlhf_gym.kl import kl_estimate, make_kl_controller
-from rlhf_gym.rollout import Rollout, RolloutWorker
+from rlhf_gym.rollout import Rollout, make_rollout_source
 
 
 @dataclass
@@ -55,6 +55,13 @@ class OnlineConfig(AlgorithmConfig):
     reference_device: str | None = hp(None, "device of the frozen reference model (None: the policy's)")
     reference_dtype: str | None = hp(None, "precision of the frozen reference: float32, bfloat16, float16 "
                                            "(None: the policy's dtype)")
+    rollout_workers: int = hp(0, "Ray actors that sample the batches (0: sample in this process)")
+    ray_address: str | None = hp(None, "Ray cluster to join with rollout_workers > 0 ('auto', 'host:6379'; None: "
+                                       "start one on this machine)")
+    async_rollouts: bool = hp(False, "Ray mode: sample the next batch while this one trains (needs max_policy_lag ≥ 1)")
+    max_policy_lag: int = hp(0, "Ray mode: updates a batch's weights may lag the learner's (0: always on-policy)")
+    rollout_num_cpus: float = hp(1.0, "Ray mode: CPUs reserved per rollout actor")
+    rollout_num_gpus: float = hp(0.0, "Ray mode: GPUs per rollout actor (> 0: it samples on its GPU)")
 
 
 @dataclass
@@ -99,13 +106,12 @@ class OnlineAlgorithm(Algorithm):
         self.reference = self.build_reference() if cfg.beta > 0 else None
         self.reward_moments = RunningMoments()
 
-    def _rollout_worker(self, seed: int) -> RolloutWorker:
+    def _rollout_worker(self, seed: int) -> Any:
         # With several learners each samples its shard of the prompts, from its own seeded streams.
         cfg = self.config
-        return RolloutWorker(
-            self.env, self.policy, num_prompts=dp.shard_size(cfg.num_prompts), group_size=cfg.group_size,
-            seed=dp.shard_seed(seed), temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-        )
+        # In this process, or Ray actors running the same worker code (rollout_workers > 0).
+        return make_rollout_source(self.env, self.policy, cfg, version=lambda: self.num_updates,
+                                   num_prompts=dp.shard_size(cfg.num_prompts), seed=dp.shard_seed(seed))
 
     def build_reference(self):
         """The policy's frozen reference, placed where ``reference_device`` / ``reference_dtype`` say."""
@@ -207,6 +213,7 @@ class OnlineAlgorithm(Algorithm):
             "perf/tokens_per_s": r.num_tokens / max(r.timing.get("generation", 0.0), 1e-9),
             "batch/scored_fraction": float(valid.float().mean()) if valid.numel() else 0.0,
             "batch/skipped": 0.0,
+            **r.metrics,
         }
         provider = self.rollouts.provider
         if hasattr(provider, "last_call_timed_out"):  # a provider with a time limit (rlhf_gym.provider_timeout)
@@ -223,6 +230,12 @@ class OnlineAlgorithm(Algorithm):
             metrics["objective/true_scores"] = float(np.mean(truth))
         self.last_samples = r.samples()
         return metrics
+
+    def close(self) -> None:
+        super().close()
+        close = getattr(getattr(self, "rollouts", None), "close", None)
+        if callable(close):
+            close()
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -307,11 +307,21 @@ def make_reward(name: str, **kwargs: Any):
 
     ``timeout`` (seconds) applies to every provider, see :func:`rlhf_gym.provider_timeout.with_timeout`, unless the
     provider's own constructor takes a ``timeout``. Keyword arguments the provider does not take are a
-    :class:`~rlhf_gym.errors.ConfigError` that lists the ones it does.
+    :class:`~rlhf_gym.errors.ConfigError` that lists the ones it does. ``placement={"num_gpus": 1}`` (any of ``num_cpus``/``num_gpus``/``resources``)
+    builds it on a Ray actor of its own instead and returns a
+    :class:`~rlhf_gym.distributed.ray_reward.RemoteReward` that calls it.
     """
     from rlhf_gym.providers import as_provider
 
     entry = get_entry("reward", name)
+    placement = kwargs.pop("placement", None)
+    if placement is not None:  # served by a Ray actor of its own (rlhf_gym.distributed.ray_reward)
+        from rlhf_gym.distributed.ray_runtime import require_ray
+
+        require_ray()
+        from rlhf_gym.distributed.ray_reward import RemoteReward
+
+        return RemoteReward(name, kwargs, placement=placement)
     accepted = _keyword_names(entry.obj)
     timeout = kwargs.pop("timeout", None) if accepted is None or "timeout" not in accepted else None
     if accepted is not None and not _takes_var_keyword(entry.obj):

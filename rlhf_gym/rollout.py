@@ -39,6 +39,8 @@ class Rollout:
     extras: dict[str, list[Any]] = field(default_factory=dict)
     logprobs: torch.Tensor | None = None
     timing: dict[str, float] = field(default_factory=dict)
+    #: batch-level figures the source of the batch reports (e.g. ``perf/policy_lag`` of Ray rollouts), logged as is
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.completion_ids.shape[0])
@@ -68,6 +70,40 @@ class Rollout:
                 changes[f.name] = [value[i] for i in picked]
         changes["extras"] = {k: [v[i] for i in picked] for k, v in self.extras.items()}
         return replace(self, **changes)
+
+    def to(self, device: torch.device | str) -> Rollout:
+        """The same batch with its tensors on ``device``."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
+
+    @classmethod
+    def concat(cls, parts: list[Rollout]) -> Rollout:
+        """The batches in ``parts`` one after the other (completions right-padded to the longest; masks 0 there).
+
+        Timings are the slowest part's (the parts ran side by side); ``metrics`` is the first part's.
+        """
+        if not parts:
+            raise ValueError("Rollout.concat needs at least one batch")
+        if len(parts) == 1:
+            return parts[0]
+        width = max(p.completion_ids.shape[1] for p in parts)
+
+        def padded(t: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (0, width - t.shape[1])) if t.shape[1] < width else t
+
+        first = parts[0]
+        return cls(
+            prompt_ids=torch.cat([p.prompt_ids for p in parts]), prompt_mask=torch.cat([p.prompt_mask for p in parts]),
+            completion_ids=torch.cat([padded(p.completion_ids) for p in parts]),
+            completion_mask=torch.cat([padded(p.completion_mask) for p in parts]),
+            scores=torch.cat([p.scores for p in parts]), score_mask=torch.cat([p.score_mask for p in parts]),
+            prompts=[x for p in parts for x in p.prompts], completions=[x for p in parts for x in p.completions],
+            group_size=first.group_size,
+            extras={k: [x for p in parts for x in p.extras[k]] for k in first.extras if all(k in p.extras for p in parts)},
+            logprobs=None if first.logprobs is None else torch.cat([padded(p.logprobs) for p in parts]),
+            timing={k: max(p.timing.get(k, 0.0) for p in parts) for k in first.timing},
+            metrics=dict(first.metrics),
+        )
 
     def samples(self, n: int | None = None) -> list[dict[str, Any]]:
         """The first ``n`` samples as dicts (prompt, completion, score, extras) for logs."""
@@ -178,6 +214,24 @@ class RolloutWorker:
             timing={"generation": t1 - t0, "scoring": t2 - t1},
         )
 
+    # -- a driver's prompt stream (Ray rollouts): one process draws the prompts, workers sample them --------------
+    def next_prompts(self) -> np.ndarray:
+        """The prompt indices :meth:`collect` would sample next, moving the prompt stream on past them (the same
+        order ``collect`` walks)."""
+        index = self.env.current_prompt_indices()
+        self._obs, _ = self.env.reset()  # no seed: the next batch of the same stream
+        return index
+
+    def point_at(self, prompt_index: np.ndarray | list[int]) -> None:
+        """Make the next :meth:`collect` sample the prompts at ``prompt_index`` (one per env slot)."""
+        index = np.asarray(prompt_index, dtype=np.int64)
+        if index.shape != (self.env.num_envs,):
+            raise ValueError(f"point_at needs {self.env.num_envs} prompt indices, got shape {index.shape}")
+        state = self.env.get_state()
+        self.env.set_state({**state, "prompt_index": index.tolist()})
+        prompts = self.env.setup.prompts
+        self._obs = {"input_ids": prompts.input_ids[index], "attention_mask": prompts.attention_mask[index]}
+
     # -- exact resume ------------------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """RNG states of sampling, prompt order and the provider, for checkpoints."""
@@ -194,6 +248,30 @@ class RolloutWorker:
         self._obs = {k: np.asarray(v, dtype=np.int64) for k, v in values["obs"].items()}
         if "provider" in values and callable(getattr(self.provider, "load_state_dict", None)):
             self.provider.load_state_dict(values["provider"])
+
+
+def make_rollout_source(env: Any, policy: Any, config: Any, version: Any = None, *, num_prompts: int | None = None,
+                        seed: int | None = None) -> Any:
+    """Where an online algorithm's batches come from: a :class:`RolloutWorker` in this process, or (with
+    ``config.rollout_workers > 0``) a group of Ray actors that sample through the same worker code.
+
+    Args:
+        config: the algorithm's config (``num_prompts``, ``group_size``, ``seed``, sampling settings and the Ray
+            fields ``rollout_workers``, ``ray_address``, ``async_rollouts``, ``max_policy_lag``).
+        version: a callable giving the learner's weight version (its update count); Ray mode tags batches with it.
+        num_prompts, seed: this learner's share of the prompts and its seed (default: the config's), for
+            data-parallel learners that each sample a shard.
+    """
+    worker = RolloutWorker(
+        env, policy, num_prompts=config.num_prompts if num_prompts is None else num_prompts,
+        group_size=config.group_size, seed=config.seed if seed is None else seed,
+        temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+    )
+    if not getattr(config, "rollout_workers", 0):
+        return worker
+    from rlhf_gym.distributed.ray_rollout import RayRolloutGroup
+
+    return RayRolloutGroup(worker, config, version=version)
 
 
 def check_action_space(env: Any, policy: Any) -> None:

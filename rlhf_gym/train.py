@@ -26,6 +26,8 @@ from rlhf_gym.config import parse_json_object
 from rlhf_gym.errors import ConfigError
 
 DEMO_BETA = 0.05
+#: ``--ray`` given without an address: start a Ray cluster on this machine
+LOCAL_RAY = "local"
 
 
 @dataclass
@@ -106,6 +108,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              f"β={DEMO_BETA} one")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override any algorithm config field (repeatable); `--FIELD VALUE` works too")
+    parser.add_argument("--ray", nargs="?", const=LOCAL_RAY, metavar="ADDRESS",
+                        help="sample on Ray rollout actors: join the cluster at ADDRESS ('auto', 'host:6379'), or "
+                             "with no ADDRESS start one on this machine (needs the ray extra)")
+    parser.add_argument("--rollout-workers", dest="rollout_workers", type=int, metavar="N",
+                        help="Ray rollout actors, each sampling a shard of every batch (implies --ray; default 1 "
+                             "with --ray)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.epilog = ("Algorithm config fields (any of them as --FIELD VALUE or --set FIELD=VALUE) are listed by "
                      "`rlhf-gym train --algo NAME --list-fields`.")
@@ -193,6 +201,7 @@ def resolve_options(args: argparse.Namespace, extra: list[str]) -> RunOptions:
         raise ConfigError(f"--lora takes the adapter rank, an integer ≥ 0 (0: no adapter); got {opts.lora!r}")
     if not isinstance(opts.learners, int) or opts.learners < 1:
         raise ConfigError(f"--learners takes a number of processes ≥ 1, got {opts.learners!r}")
+    _ray_options(args, algo_config)
     if isinstance(opts.ground_truth, str) and opts.ground_truth.lower() in ("none", ""):
         opts.ground_truth = None
     opts.algo_config = algo_config
@@ -227,6 +236,30 @@ def validate_options(opts: RunOptions) -> None:
     for name in (opts.reward, opts.ground_truth):  # unknown names fail now, not after the SFT warm-up
         if name is not None:
             get_entry("reward", name)
+
+
+def _ray_options(args: argparse.Namespace, algo_config: dict[str, Any]) -> None:
+    """``--ray [ADDRESS]`` / ``--rollout-workers N`` as the algorithm's Ray fields; Ray must be importable."""
+    address, workers = getattr(args, "ray", None), getattr(args, "rollout_workers", None)
+    if address is None and workers is None:
+        return
+    from rlhf_gym.distributed.ray_runtime import require_ray
+
+    require_ray()
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--rollout-workers must be ≥ 1, got {workers}")
+    if workers is not None:
+        algo_config["rollout_workers"] = workers
+    if address is not None:
+        algo_config["ray_address"] = None if address == LOCAL_RAY else address
+
+
+def _connect_ray(algo_config: dict[str, Any]) -> None:
+    """Join the run's Ray cluster before anything (a reward placed on its own actor) needs it."""
+    if int(algo_config.get("rollout_workers") or 0) > 0:
+        from rlhf_gym.distributed.ray_runtime import connect
+
+        connect(algo_config.get("ray_address"))
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
@@ -403,7 +436,10 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
         check_env_id(opts.env)  # so does an unknown --env
     from rlhf_gym.config import build_config
 
+    if getattr(args, "ray", None) is not None:
+        opts.algo_config.setdefault("rollout_workers", 1)
     build_config(algo_cls.Config, opts.algo_config, owner=f"algorithm {opts.algo!r}")
+    _connect_ray(opts.algo_config)
     run_dir = Path(opts.out) if opts.out else default_run_dir(opts.algo)
     run_dir.mkdir(parents=True, exist_ok=True)
     policy, prompts = prepare_policy(opts, run_dir, progress)
@@ -482,21 +518,40 @@ def _eval_summary(result: dict[str, Any]) -> dict[str, Any]:
             "samples": result["samples"][:8]}
 
 
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The complete checkpoint of ``run_dir`` with the most updates: ``checkpoints/last`` (written when a run ends)
+    or, after a learner was killed, a newer ``checkpoints/step-N``; None when there is none."""
+    found: list[tuple[int, int, Path]] = []
+    for folder in (run_dir / "checkpoints").glob("*"):
+        state = folder / "trainer_state.json"
+        if folder.name == "last" and state.is_file():
+            found.append((int(json.loads(state.read_text()).get("num_updates", 0)), 1, folder))
+        elif folder.name.startswith("step-") and folder.name[5:].isdigit() and state.is_file():
+            found.append((int(folder.name[5:]), 0, folder))
+    return max(found)[2] if found else None
+
+
 def resume(run_dir: str, opts: RunOptions, progress: bool) -> int:
     """Continue ``run_dir`` from ``checkpoints/last`` up to ``--updates`` updates in total."""
     from rlhf_gym.plugins import algorithm_class
     from rlhf_gym.policy import Policy
 
     path = Path(run_dir)
-    ckpt = path / "checkpoints" / "last"
+    ckpt = latest_checkpoint(path)
     config_file = path / "config.json"
-    if not ckpt.is_dir() or not config_file.exists():
+    if ckpt is None or not config_file.exists():
         raise ConfigError(f"{run_dir} has no checkpoints/last to resume from; pass the run directory of an earlier "
                           f"`rlhf-gym train`")
     saved = json.loads(config_file.read_text())
     run_opts = RunOptions(**{k: v for k, v in saved.get("run", {}).items() if hasattr(RunOptions, k)})
     run_opts.updates = opts.updates if opts.updates != RunOptions.updates else run_opts.updates
     algo_cls = algorithm_class(saved["algorithm"])
+    # --ray ADDRESS / --rollout-workers N given again: resume on another cluster or with another worker count
+    overrides = {"run_dir": str(path),
+                 **{k: opts.algo_config[k] for k in ("rollout_workers", "ray_address") if k in opts.algo_config}}
+    if "ray_address" in overrides:
+        overrides.setdefault("rollout_workers", max(int(saved.get("rollout_workers") or 0), 1))
+    _connect_ray({**saved, **overrides})
     policy = Policy.from_pretrained(str(ckpt / "policy"), value_head=algo_cls.needs_value_head)
     prompts = run_opts.prompts
     if prompts is None and run_opts.model is None:
@@ -504,7 +559,7 @@ def resume(run_dir: str, opts: RunOptions, progress: bool) -> int:
 
         prompts = tiny.review_prompts()
     env = make_env(run_opts, policy, prompts)
-    algo = algo_cls.load(ckpt, env=env, policy=policy, run_dir=str(path))
+    algo = algo_cls.load(ckpt, env=env, policy=policy, **overrides)
     algo.run_info = {"run": _options_dict(run_opts)}
     _say(f"Resuming {saved['algorithm']} at update {algo.num_updates} → {run_opts.updates}")
     algo.learn(run_opts.updates, progress_bar=progress)
