@@ -175,6 +175,7 @@ class Algorithm:
         self._true_reward = None
         #: extra run information written into the run directory's config.json (e.g. the CLI's options)
         self.run_info: dict[str, Any] = {}
+        self.resumed_overrides: dict[str, Any] = {}
         self.optimizer = self.build_optimizer()
         self.setup()
 
@@ -470,6 +471,8 @@ class Algorithm:
         algo.load_files(path)
         algo.load_extra_state(extra, meta.get("extra", {}))
         algo.apply_overrides(changed)
+        #: the config fields this load changed from the checkpoint's values (recorded by `rlhf-gym train --resume`)
+        algo.resumed_overrides = changed
         return algo
 
 
