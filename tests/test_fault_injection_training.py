@@ -1,0 +1,373 @@
+"""Fault injection for training runs and checkpoints: kills at many points of training and saving, full disks,
+and every checkpoint file damaged in many ways.
+
+What must hold: a killed run resumed with ``rlhf-gym train --resume`` either finishes with exactly the parameters
+and metrics of an unbroken run, or stops with one ``error:`` line; a damaged checkpoint is refused with a message
+naming the file; a failed save leaves the previous checkpoints as they were. Every random choice is seeded, so a
+failure reproduces.
+
+Training runs in processes forked from a forkserver that has imported torch and rlhf_gym once, so each kill costs
+a fork, not an interpreter start. A kill lands at a named point (a phase of a save, or inside an update after the
+optimizer stepped): the child reports that it reached the point and waits there to be SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import multiprocessing
+import os
+import pickle
+import random
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import rlhf_gym
+from rlhf_gym import checkpoint, tiny
+from rlhf_gym.errors import CheckpointError, RLHFGymError
+
+SEED = 1130
+UPDATES = 6
+SAVE_EVERY = 2
+SAVE_PHASES = ("policy", "files", "trainer_state", "manifest", "before-rename")
+REPLACE_PHASES = ("swap", "replaced")
+
+
+# -- the child processes -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def forkserver():
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["fault_injection_child"])
+    # The forkserver imports its preload modules from the environment's path (it does not inherit sys.path).
+    here = str(Path(__file__).resolve().parent)
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = here + (os.pathsep + previous if previous else "")
+    try:
+        from fault_injection_child import train
+
+        warm = ctx.Process(target=train, args=(["--version"], None, os.devnull, os.devnull))
+        warm.start()
+        warm.join()
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = previous
+    return ctx
+
+
+def run_child(ctx, argv: list[str], tmp: Path, kill_at: tuple | None = None, kill_after: float | None = None,
+              timeout: float = 60.0) -> tuple[int | None, str]:
+    """Run the CLI in a child; SIGKILL it when it reaches ``kill_at`` or after ``kill_after`` seconds.
+    Returns (exit code or None when killed, its output)."""
+    status, log = tmp / f"status-{time.monotonic_ns()}", tmp / f"log-{time.monotonic_ns()}"
+    from fault_injection_child import train
+
+    proc = ctx.Process(target=train, args=(argv, kill_at, str(status), str(log)))
+    proc.start()
+    start = time.monotonic()
+    killed = False
+    while proc.is_alive():
+        if status.exists() or (kill_after is not None and time.monotonic() - start > kill_after):
+            proc.kill()
+            killed = True
+            break
+        if time.monotonic() - start > timeout:
+            proc.kill()
+            proc.join()
+            raise AssertionError(f"child {argv} ran over {timeout}s:\n{log.read_text() if log.exists() else ''}")
+        time.sleep(0.005)
+    proc.join()
+    output = log.read_text() if log.exists() else ""
+    return (None if killed and proc.exitcode is not None and proc.exitcode < 0 else proc.exitcode), output
+
+
+# -- the run every kill is compared with ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("faults")
+
+
+@pytest.fixture(scope="module")
+def train_args(workdir: Path, random_model_path: str) -> list[str]:
+    prompts = workdir / "prompts.txt"
+    prompts.write_text("\n".join(tiny.review_prompts(8)) + "\n")
+    return ["train", "--algo", "rloo", "--model", random_model_path, "--prompts", str(prompts), "--reward", "length",
+            "--eval-samples", "2", "--ground-truth", "none", "--no-progress", "--num_prompts", "2", "--group_size",
+            "2", "--max-new-tokens", "4", "--save_every", str(SAVE_EVERY), "--tensorboard", "false",
+            "--sample_every", "1"]
+
+
+def final_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+    from safetensors.torch import load_file
+
+    from rlhf_gym.run_logger import read_metrics
+
+    weights = load_file(str(run_dir / "checkpoints" / "last" / "policy" / "model.safetensors"))
+    rows = [{k: v for k, v in r.items() if not k.startswith(("timing/", "perf/"))} for r in read_metrics(run_dir)]
+    return weights, rows
+
+
+@pytest.fixture(scope="module")
+def unbroken(forkserver, workdir: Path, train_args: list[str]):
+    run_dir = workdir / "unbroken"
+    code, out = run_child(forkserver, [*train_args, "--updates", str(UPDATES), "--out", str(run_dir)], workdir)
+    assert code == 0, out
+    return final_state(run_dir)
+
+
+@pytest.fixture(scope="module")
+def half_run(forkserver, workdir: Path, train_args: list[str]) -> Path:
+    """A run stopped cleanly at update 3: it has step-2 and `last` (3), so a resume replaces `last`."""
+    run_dir = workdir / "half"
+    code, out = run_child(forkserver, [*train_args, "--updates", "3", "--out", str(run_dir)], workdir)
+    assert code == 0, out
+    return run_dir
+
+
+def _kill_points() -> list[tuple[str, tuple]]:
+    """Seeded choice of kill points: in each save phase of some save, and inside some updates."""
+    rng = random.Random(SEED)
+    fresh = [("fresh", ("optimizer-stepped", k)) for k in rng.sample(range(1, UPDATES + 1), 2)]
+    fresh += [("fresh", (phase, rng.randint(1, UPDATES // SAVE_EVERY))) for phase in SAVE_PHASES]
+    # A resume of the half run writes step-4, step-6 and then replaces `last`: the 3rd save of that leg.
+    resumed = [("resume", ("swap", 1)), ("resume", ("replaced", 1)), ("resume", ("manifest", 3))]
+    resumed += [("resume", ("optimizer-stepped", rng.randint(1, 3)))]
+    return fresh + resumed
+
+
+def _assert_continues_or_refuses(forkserver, workdir, run_dir: Path, unbroken) -> str:
+    code, out = run_child(forkserver, ["train", "--resume", str(run_dir), "--updates", str(UPDATES), "--no-progress"],
+                          workdir)
+    if code == 2:
+        lines = [line for line in out.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "no usable checkpoint" in lines[0] and "Traceback" not in out, out
+        return "refused"
+    assert code == 0, out
+    weights, rows = final_state(run_dir)
+    want_weights, want_rows = unbroken
+    assert set(weights) == set(want_weights)
+    assert all(torch.equal(weights[k], want_weights[k]) for k in weights), "resumed to different parameters"
+    assert rows == want_rows, "resumed to different metrics"
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")], "leftovers not cleaned"
+    assert (run_dir / "policy" / "model.safetensors").is_file() and (run_dir / "summary.json").is_file()
+    return "continued"
+
+
+@pytest.mark.parametrize(("leg", "kill_at"), _kill_points(), ids=lambda v: "-".join(map(str, v)) if isinstance(v, tuple) else v)
+def test_killed_run_resumes_to_the_unbroken_result(forkserver, workdir, train_args, unbroken, half_run, leg, kill_at,
+                                                   tmp_path):
+    run_dir = tmp_path / "run"
+    if leg == "fresh":
+        argv = [*train_args, "--updates", str(UPDATES), "--out", str(run_dir)]
+    else:
+        shutil.copytree(half_run, run_dir)
+        argv = ["train", "--resume", str(run_dir), "--updates", str(UPDATES), "--no-progress"]
+    code, out = run_child(forkserver, argv, workdir, kill_at=kill_at)
+    assert code is None, f"the child was not killed at {kill_at}:\n{out}"
+    outcome = _assert_continues_or_refuses(forkserver, workdir, run_dir, unbroken)
+    # A kill after the first whole checkpoint must continue; only one before it may leave nothing to resume.
+    point, count = kill_at
+    step_2_whole = leg == "resume" or (count > SAVE_EVERY if point == "optimizer-stepped" else count > 1)
+    if step_2_whole:
+        assert outcome == "continued"
+
+
+def test_kills_at_random_times_never_resume_wrongly(forkserver, workdir, train_args, unbroken, tmp_path):
+    rng = random.Random(SEED + 1)
+    outcomes = []
+    for i, delay in enumerate(sorted(rng.uniform(0.3, 3.0) for _ in range(2))):
+        run_dir = tmp_path / f"run-{i}"
+        code, out = run_child(forkserver, [*train_args, "--updates", str(UPDATES), "--out", str(run_dir)], workdir,
+                              kill_after=delay)
+        if code == 0:  # finished before the kill: nothing to resume
+            continue
+        if not run_dir.exists():
+            continue
+        outcomes.append(_assert_continues_or_refuses(forkserver, workdir, run_dir, unbroken))
+    assert outcomes  # at least one kill landed mid-run
+
+
+# -- checkpoints damaged on disk ---------------------------------------------------------------------------------
+def length_reward(prompts, completions, **kw):
+    return [len(c.split()) / 8.0 for c in completions]
+
+
+@pytest.fixture(scope="module")
+def trained(random_model_path, tmp_path_factory):
+    """One PPO checkpoint (value head and reference included) and the env to load it with."""
+    import gymnasium as gym
+
+    from rlhf_gym.policy import Policy
+
+    policy = Policy.from_pretrained(random_model_path, value_head=True)
+    env = gym.make("rlhf_gym/Completion-v0", tokenizer=policy.tokenizer, prompts=tiny.review_prompts(8),
+                   reward=length_reward, max_new_tokens=4, max_prompt_tokens=8, vocab_size=policy.vocab_size)
+    algo = rlhf_gym.make_algorithm("ppo", env=env, policy=policy, num_prompts=2, minibatch_size=2, ppo_epochs=1,
+                                   seed=1)
+    algo.learn(1, progress_bar=False)
+    path = algo.save(tmp_path_factory.mktemp("ckpt") / "step-1")
+    return type(algo), path, env
+
+
+def _corrupt(file: Path, mode: str, rng: random.Random) -> None:
+    data = file.read_bytes()
+    if mode == "truncate":
+        file.write_bytes(data[: rng.randrange(len(data))] if data else b"")
+    elif mode == "empty":
+        file.write_bytes(b"")
+    elif mode == "zero-fill":
+        start = rng.randrange(len(data))
+        length = rng.randint(1, max(1, min(4096, len(data) - start)))
+        file.write_bytes(data[:start] + bytes(length) + data[start + length:])
+    elif mode == "flip":
+        buf = bytearray(data)
+        for offset in rng.sample(range(len(buf)), min(3, len(buf))):
+            buf[offset] ^= 1 << rng.randrange(8)
+        file.write_bytes(bytes(buf))
+    elif mode == "garbage":
+        file.write_bytes(rng.randbytes(rng.randint(1, 2048)))
+    elif mode == "pickle":
+        file.write_bytes(pickle.dumps({"weights": list(range(10))}))
+    elif mode == "delete":
+        file.unlink()
+    else:
+        raise ValueError(mode)
+
+
+MODES = ("truncate", "empty", "zero-fill", "flip", "garbage", "pickle", "delete")
+
+
+def _checkpoint_files(path: Path) -> list[str]:
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+
+
+def test_every_damaged_checkpoint_file_is_refused_naming_it(trained, tmp_path):
+    cls, path, env = trained
+    rng = random.Random(SEED + 2)
+    files = _checkpoint_files(path)
+    assert {"manifest.json", "trainer_state.json", "trainer_state.safetensors", "policy/model.safetensors",
+            "policy/config.json", "policy/value_head.safetensors", "reference/model.safetensors"} <= set(files)
+    tried = 0
+    for rel in files:
+        for mode in MODES:
+            if mode == "empty" and (path / rel).stat().st_size == 0:
+                continue
+            copy = tmp_path / f"v{tried}"
+            shutil.copytree(path, copy)
+            _corrupt(copy / rel, mode, rng)
+            with pytest.raises(CheckpointError) as err:
+                cls.load(copy, env=env)
+            assert rel in str(err.value) or (rel == "manifest.json" and "manifest" in str(err.value)), (rel, mode)
+            assert "\n" not in str(err.value)
+            shutil.rmtree(copy)
+            tried += 1
+    assert tried >= 7 * len(files) - 3
+
+
+@pytest.mark.parametrize("part", ["reference", "policy", "policy/tokenizer.json", "policy/value_head.safetensors"])
+def test_missing_part_is_an_error_never_a_substitute(trained, tmp_path, part):
+    cls, path, env = trained
+    copy = tmp_path / "ckpt"
+    shutil.copytree(path, copy)
+    target = copy / part
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(CheckpointError, match=part.split("/")[0]):
+        cls.load(copy, env=env)
+
+
+def test_reference_deleted_from_a_checkpoint_without_manifest_is_still_an_error(trained, tmp_path):
+    """Even past the manifest (re-written over a deleted reference/), the reference is never replaced by the
+    current policy."""
+    cls, path, env = trained
+    copy = tmp_path / "ckpt"
+    shutil.copytree(path, copy)
+    shutil.rmtree(copy / "reference")
+    meta = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").unlink()
+    checkpoint.write_manifest(copy, num_updates=meta["num_updates"], algorithm=meta["algorithm"])
+    with pytest.raises(CheckpointError, match="reference model is missing"):
+        cls.load(copy, env=env)
+
+
+@pytest.mark.parametrize("rel", ["trainer_state.json", "trainer_state.safetensors", "policy/model.safetensors",
+                                 "policy/config.json", "policy/tokenizer.json", "policy/value_head.safetensors"])
+@pytest.mark.parametrize("mode", ["truncate", "empty", "garbage", "pickle"])
+def test_unreadable_files_behind_a_consistent_manifest_are_named(trained, tmp_path, rel, mode):
+    """Files damaged before the manifest was written (so it agrees with them) still give one error naming them."""
+    cls, path, env = trained
+    copy = tmp_path / "ckpt"
+    shutil.copytree(path, copy)
+    _corrupt(copy / rel, mode, random.Random(f"{SEED}{rel}{mode}"))
+    meta = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").unlink()
+    checkpoint.write_manifest(copy, num_updates=meta["num_updates"], algorithm=meta["algorithm"])
+    with pytest.raises(RLHFGymError) as err:
+        cls.load(copy, env=env)
+    assert Path(rel).name in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_pickle_next_to_the_weights_is_refused(trained, tmp_path):
+    cls, path, env = trained
+    copy = tmp_path / "ckpt"
+    shutil.copytree(path, copy)
+    (copy / "policy" / "pytorch_model.bin").write_bytes(pickle.dumps({"x": 1}))
+    with pytest.raises(CheckpointError, match="pytorch_model.bin"):
+        cls.load(copy, env=env)
+
+
+# -- saves that fail ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("phase", SAVE_PHASES + REPLACE_PHASES)
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_failed_save_leaves_the_previous_checkpoint_whole(trained, tmp_path, phase, code):
+    cls, path, env = trained
+    algo = cls.load(path, env=env)
+    target = tmp_path / "last"
+    algo.save(target)
+    before = checkpoint.verify_checkpoint(target)
+
+    def fail(point):
+        if point == phase:
+            raise OSError(code, os.strerror(code))
+
+    checkpoint.phase_hook = fail
+    try:
+        if phase == "replaced":  # the new checkpoint is in place; only tidying the old one is left
+            algo.save(target)
+        else:
+            with pytest.raises(CheckpointError, match="disk is full" if code == errno.ENOSPC else "read-only"):
+                algo.save(target)
+    finally:
+        checkpoint.phase_hook = None
+    assert checkpoint.verify_checkpoint(target)["files"] == before["files"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(checkpoint.TMP_PREFIX)] == []
+    checkpoint.recover_checkpoints(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_interrupted_replacement_is_restored_on_the_next_run(trained, tmp_path):
+    cls, path, env = trained
+    algo = cls.load(path, env=env)
+    target = tmp_path / "last"
+    algo.save(target)
+    aside = tmp_path / f"{checkpoint.OLD_PREFIX}last-999999-abcd"
+    os.rename(target, aside)  # a kill between moving the old `last` aside and renaming the new one in
+    (tmp_path / f"{checkpoint.TMP_PREFIX}last-999999-abcd").mkdir()
+    assert checkpoint.find_checkpoints(tmp_path) == []
+    notes = checkpoint.recover_checkpoints(tmp_path)
+    assert len(notes) == 2 and checkpoint.find_checkpoints(tmp_path) == [target]
+    checkpoint.verify_checkpoint(target)
+
+
+def test_saving_over_a_directory_that_is_not_a_checkpoint_refuses(trained, tmp_path):
+    cls, path, env = trained
+    algo = cls.load(path, env=env)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match="not an rlhf_gym checkpoint"):
+        algo.save(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
