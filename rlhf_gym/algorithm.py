@@ -130,8 +130,10 @@ def as_callback(callback: Any) -> Callback:
 
 
 def set_seed(seed: int) -> None:
-    """Seed Python's and torch's global RNGs (numpy RNGs in rlhf_gym are local generators)."""
+    """Seed Python's, numpy's and torch's global RNGs (rlhf_gym's own code draws from local generators; a plugin
+    may use the global ones, and checkpoints save all three)."""
     random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 

@@ -118,11 +118,19 @@ def _replace_directory(tmp: Path, target: Path) -> None:
         return
     old = parent / f"{OLD_PREFIX}{target.name}-{os.getpid()}-{secrets.token_hex(4)}"
     os.rename(target, old)
-    fault_point("swap")  # the old checkpoint is aside and whole, the new one whole but not yet in place
-    os.rename(tmp, target)
-    _fsync(parent, directory=True)
-    fault_point("replaced")
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        fault_point("swap")  # the old checkpoint is aside and whole, the new one whole but not yet in place
+        os.rename(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rename(old, target)  # put the old one back (after a kill, recover_checkpoints does)
+        raise
+    try:
+        _fsync(parent, directory=True)
+        fault_point("replaced")
+        shutil.rmtree(old)
+    except OSError:
+        pass  # the new checkpoint is in place; recover_checkpoints removes what is left of the old one
 
 
 def _pid_alive(pid: int) -> bool:

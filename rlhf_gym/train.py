@@ -452,7 +452,7 @@ def resume(run_dir: str, opts: RunOptions, progress: bool, args: argparse.Namesp
     if run_opts.updates < algo.num_updates:
         raise ConfigError(f"--updates {run_opts.updates} is below the {algo.num_updates} updates checkpoint {ckpt} "
                           f"already holds; pass a larger total")
-    changed_algo = dict(getattr(algo, "resumed_overrides", {}))
+    changed_algo = {k: v for k, v in getattr(algo, "resumed_overrides", {}).items() if k != "run_dir"}
     run_opts.algo_config = {**run_opts.algo_config, **changed_algo}
     history = list(saved.get("resumed") or [])
     history.append({"at_update": algo.num_updates, "checkpoint": str(ckpt.relative_to(path)),

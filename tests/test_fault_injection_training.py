@@ -371,3 +371,177 @@ def test_saving_over_a_directory_that_is_not_a_checkpoint_refuses(trained, tmp_p
     with pytest.raises(CheckpointError, match="not an rlhf_gym checkpoint"):
         algo.save(tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+# -- the command line: one `error:` line, exit code 2 ---------------------------------------------------------------
+def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    from rlhf_gym.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(("file", "mode", "expect"), [
+    ("model.safetensors", "truncate", "model.safetensors"), ("model.safetensors", "empty", "model.safetensors"),
+    ("model.safetensors", "garbage", "model.safetensors"), ("config.json", "garbage", "config.json"),
+    ("model.safetensors", "pickle-bin", "refuses pickle"),
+])
+def test_damaged_model_given_to_train_is_one_error_line(random_model_path, train_args, tmp_path, capsys, file, mode,
+                                                        expect):
+    model = tmp_path / "model"
+    shutil.copytree(random_model_path, model)
+    if mode == "pickle-bin":
+        (model / file).unlink()
+        (model / "pytorch_model.bin").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    else:
+        _corrupt(model / file, mode, random.Random(SEED))
+    argv = [a if a != random_model_path else str(model) for a in train_args]
+    code, _, err = _cli([*argv, "--updates", "1", "--out", str(tmp_path / "run")], capsys)
+    assert code == 2
+    assert expect in _one_error_line(err)
+
+
+def test_resume_skips_a_damaged_newest_checkpoint_and_says_so(half_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(half_run, run_dir)
+    _corrupt(run_dir / "checkpoints" / "last" / "policy" / "model.safetensors", "flip", random.Random(SEED))
+    code, _, err = _cli(["train", "--resume", str(run_dir), "--updates", "4", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "warning: skipping checkpoint" in err and "last" in err and "model.safetensors" in err
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["resumed"][-1]["checkpoint"] == "checkpoints/step-2" and config["resumed"][-1]["at_update"] == 2
+    assert [r["step"] for r in __import__("rlhf_gym.run_logger").run_logger.read_metrics(run_dir)] == [1, 2, 3, 4]
+
+    for ckpt in (run_dir / "checkpoints").iterdir():  # every checkpoint damaged: nothing to resume from
+        (ckpt / "trainer_state.json").write_text("{")
+    code, _, err = _cli(["train", "--resume", str(run_dir), "--updates", "6", "--no-progress"], capsys)
+    assert code == 2 and "no usable checkpoint" in _one_error_line(err)
+
+
+def test_resume_applies_safe_overrides_records_them_and_refuses_the_rest_by_name(half_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(half_run, run_dir)
+    for argv, name in ((["--group_size", "4"], "group_size"), (["--model", "gpt2"], "--model"),
+                       (["--num_prompts", "3"], "num_prompts"), (["--seed", "9"], "--seed"),
+                       (["--updates", "1"], "below the 3 updates")):
+        code, _, err = _cli(["train", "--resume", str(run_dir), "--no-progress", *argv], capsys)
+        assert code == 2 and name in _one_error_line(err), (argv, err)
+    code, _, err = _cli(["train", "--resume", str(run_dir), "--updates", "4", "--no-progress", "--beta", "3",
+                         "--learning_rate", "5"], capsys)
+    assert code == 0, err
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["beta"] == 3.0 and config["learning_rate"] == 5.0 and config["run"]["algo_config"]["beta"] == 3.0
+    assert config["resumed"][-1]["overrides"] == {"beta": 3.0, "learning_rate": 5.0, "updates": 4}
+    state = json.loads((run_dir / "checkpoints" / "last" / "trainer_state.json").read_text())
+    assert {g["lr"] for g in state["optimizer"]["param_groups"]} == {5.0}
+    rows = __import__("rlhf_gym.run_logger").run_logger.read_metrics(run_dir)
+    assert [r["objective/beta"] for r in rows] == [0.05, 0.05, 0.05, 3.0]
+    assert (run_dir / "policy" / "model.safetensors").is_file()
+    assert json.loads((run_dir / "summary.json").read_text())["after"]["mean"] is not None
+
+
+def test_full_disk_or_read_only_run_dir_is_one_error_line(train_args, tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+
+    def disk_full(point):
+        if point == "trainer_state" and (run_dir / "checkpoints" / "step-2").is_dir():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint, "phase_hook", disk_full)
+    code, _, err = _cli([*train_args, "--updates", "6", "--out", str(run_dir)], capsys)
+    assert code == 2 and "disk is full" in _one_error_line(err)
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-2"]
+    checkpoint.verify_checkpoint(run_dir / "checkpoints" / "step-2")
+
+    monkeypatch.setattr(checkpoint, "phase_hook", None)
+    real_write = Path.write_bytes
+
+    def read_only(self, data):
+        if str(self).startswith(str(tmp_path)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    for argv in (["train", "--resume", str(run_dir), "--no-progress"],
+                 [*train_args, "--updates", "1", "--out", str(tmp_path / "other")]):
+        code, _, err = _cli(argv, capsys)
+        assert code == 2 and "read-only" in _one_error_line(err)
+
+
+# -- a plugin written as docs/plugins.md shows resumes exactly, saving nothing itself --------------------------------
+def _example_module():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        "custom_algorithm_example", Path(__file__).resolve().parents[1] / "examples" / "custom_algorithm.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class RandomPicks(rlhf_gym.Algorithm):
+    """A plugin with RNGs of every kind as plain attributes (and the global numpy one): all saved by the base."""
+
+    name = "random-picks"
+
+    def setup(self):
+        import numpy as np
+
+        from rlhf_gym.rollout import RolloutWorker
+
+        self.rollouts = RolloutWorker(self.env, self.policy, num_prompts=2, group_size=2, seed=self.config.seed)
+        self.rng = np.random.default_rng(self.config.seed)
+        self.coin = random.Random(self.config.seed)
+        self.noise = torch.Generator().manual_seed(self.config.seed)
+
+    def train_step(self):
+        import numpy as np
+
+        from rlhf_gym.losses import sft_loss
+
+        batch = self.rollouts.collect()
+        pick = int(self.rng.integers(len(batch)))
+        scale = self.coin.random() + float(np.random.rand()) + float(torch.rand((), generator=self.noise))
+        one = batch.select(torch.tensor([pick]))
+        out = self.policy(one.prompt_ids, one.prompt_mask, one.completion_ids, one.completion_mask)
+        self.clip_and_step(scale * sft_loss(out.logprobs, one.completion_mask))
+        return {"pick": float(pick), "scale": scale, "objective/scores": float(batch.scores.mean())}
+
+
+@pytest.mark.parametrize(("which", "stop_at"), [("docs", 1), ("docs", 3), ("rngs", 2)])
+def test_plugin_as_the_docs_show_resumes_bit_identically(random_model_path, trained, tmp_path, which, stop_at):
+    from rlhf_gym.policy import Policy
+
+    _, _, env = trained
+    if which == "docs":
+        cls, config = _example_module().BestOfN, {"n": 2, "num_prompts": 2, "seed": 5}
+    else:
+        cls, config = RandomPicks, {"seed": 5}
+
+    def fresh(**extra):
+        return cls(env=env, policy=Policy.from_pretrained(random_model_path, value_head=False), **config, **extra)
+
+    def record(into):
+        return lambda algo, m: into.append({k: v for k, v in m.items() if not k.startswith(("timing", "perf"))})
+
+    straight, want = fresh(), []
+    straight.learn(4, callback=record(want), progress_bar=False)
+    run_dir = tmp_path / "run"
+    first, got = fresh(run_dir=str(run_dir), save_every=1, tensorboard=False), []
+    first.learn(4, callback=[record(got), lambda algo, m: algo.num_updates < stop_at], progress_bar=False)
+    first.close()
+    resumed = cls.load(run_dir / "checkpoints" / f"step-{stop_at}", env=env)
+    assert resumed.num_updates == stop_at
+    resumed.learn(4, callback=record(got), progress_bar=False)
+    assert got == want
+    for p, q in zip(straight.policy.parameters(), resumed.policy.parameters(), strict=True):
+        assert torch.equal(p, q)
