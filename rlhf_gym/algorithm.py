@@ -65,7 +65,10 @@ class AlgorithmConfig:
     log_every: int = hp(1, "log metrics every N updates")
     sample_every: int = hp(10, "write sample completions to samples.jsonl every N updates (0: never)")
     num_logged_samples: int = hp(4, "how many samples to write each time")
-    save_every: int = hp(0, "write a checkpoint to <run_dir>/checkpoints every N updates (0: only at the end)")
+    save_every: int = hp(
+        0, "write <run_dir>/checkpoints/step-N every N updates, which a killed run resumes from (0: only `last`, at "
+           "the end)"
+    )
     run_dir: str | None = hp(None, "run directory for metrics.csv, TensorBoard, samples and checkpoints (None: none)")
     tensorboard: bool = hp(True, "write TensorBoard event files into the run directory")
     true_reward: str | None = hp(

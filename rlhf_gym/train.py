@@ -73,7 +73,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML or TOML file of run options and algorithm config fields")
     parser.add_argument("--seed", type=int, help=help_text["seed"])
     parser.add_argument("--out", help=help_text["out"])
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue a run from its newest intact checkpoint (step-N or last)")
     parser.add_argument("--updates", type=int, help=help_text["updates"])
     parser.add_argument("--sft-updates", dest="sft_updates", type=int, help=help_text["sft_updates"])
     parser.add_argument("--eval-samples", dest="eval_samples", type=int, help=help_text["eval_samples"])
