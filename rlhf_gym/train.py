@@ -303,6 +303,10 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     build_config(algo_cls.Config, opts.algo_config, owner=f"algorithm {opts.algo!r}")
     run_dir = Path(opts.out) if opts.out else default_run_dir(opts.algo)
     check_writable(run_dir)
+    earlier = [c for c in (run_dir / "checkpoints", *run_dir.glob("beta-*/checkpoints")) if c.is_dir() and any(c.iterdir())]
+    if earlier:  # a new run's checkpoints mixed with an earlier run's would make --resume pick the wrong one
+        raise ConfigError(f"{run_dir} already holds checkpoints of an earlier run ({earlier[0]}); continue that run "
+                          f"with `rlhf-gym train --resume {run_dir}`, or pass another --out")
     policy, prompts = prepare_policy(opts, run_dir, progress)
     env = make_env(opts, policy, prompts)
     before = evaluate(policy, env, num_samples=opts.eval_samples, reward=opts.ground_truth, seed=opts.seed + 999)

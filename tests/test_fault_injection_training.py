@@ -461,6 +461,9 @@ def test_full_disk_or_read_only_run_dir_is_one_error_line(train_args, tmp_path, 
     checkpoint.verify_checkpoint(run_dir / "checkpoints" / "step-2")
 
     monkeypatch.setattr(checkpoint, "phase_hook", None)
+    code, _, err = _cli([*train_args, "--updates", "6", "--out", str(run_dir)], capsys)  # a new run over it
+    assert code == 2 and "already holds checkpoints of an earlier run" in _one_error_line(err)
+
     real_write = Path.write_bytes
 
     def read_only(self, data):
