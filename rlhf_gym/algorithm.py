@@ -462,7 +462,8 @@ class Algorithm:
         algo = cls(env=env, policy=policy, **{**saved, **overrides})
         try:
             restore_optimizer_state(algo.optimizer, tensors, meta["optimizer"])
-            restore_components(algo.checkpointed_components(), tensors, meta.get("components", {}), path)
+            if "components" in meta:  # (checkpoints older than manifests keep them in extra_state)
+                restore_components(algo.checkpointed_components(), tensors, meta["components"], path)
             torch.set_rng_state(tensors["rng/torch"])
             _set_python_rng_state(meta["rng"]["python"])
             if "rng/numpy" in tensors and "numpy" in meta["rng"]:
