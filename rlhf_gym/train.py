@@ -406,7 +406,7 @@ def resume(run_dir: str, opts: RunOptions, progress: bool, args: argparse.Namesp
     """
     import datetime
 
-    from rlhf_gym.checkpoint import find_checkpoints, recover_checkpoints
+    from rlhf_gym.checkpoint import find_checkpoints, recover_checkpoints, verify_checkpoint
     from rlhf_gym.errors import CheckpointError, write_error_message
     from rlhf_gym.plugins import algorithm_class
     from rlhf_gym.policy import ModelLoadError, Policy
@@ -440,8 +440,6 @@ def resume(run_dir: str, opts: RunOptions, progress: bool, args: argparse.Namesp
     tried: list[str] = []
     for ckpt in find_checkpoints(path / "checkpoints"):
         try:
-            from rlhf_gym.checkpoint import verify_checkpoint
-
             verify_checkpoint(ckpt)
             policy = Policy.from_pretrained(str(ckpt / "policy"), value_head=algo_cls.needs_value_head)
             env = make_env(run_opts, policy, prompts)

@@ -60,9 +60,9 @@ def forkserver():
     return ctx
 
 
-def run_child(ctx, argv: list[str], tmp: Path, kill_at: tuple | None = None, kill_after: float | None = None,
+def run_child(ctx, argv: list[str], tmp: Path, kill_at: tuple | None = None, kill_when=None,
               timeout: float = 60.0) -> tuple[int | None, str]:
-    """Run the CLI in a child; SIGKILL it when it reaches ``kill_at`` or after ``kill_after`` seconds.
+    """Run the CLI in a child; SIGKILL it when it reaches ``kill_at`` or as soon as ``kill_when()`` is true.
     Returns (exit code or None when killed, its output)."""
     status, log = tmp / f"status-{time.monotonic_ns()}", tmp / f"log-{time.monotonic_ns()}"
     from fault_injection_child import train
@@ -72,7 +72,7 @@ def run_child(ctx, argv: list[str], tmp: Path, kill_at: tuple | None = None, kil
     start = time.monotonic()
     killed = False
     while proc.is_alive():
-        if status.exists() or (kill_after is not None and time.monotonic() - start > kill_after):
+        if status.exists() or (kill_when is not None and kill_when()):
             proc.kill()
             killed = True
             break
@@ -133,7 +133,8 @@ def _kill_points() -> list[tuple[str, tuple]]:
     """Seeded choice of kill points: in each save phase of some save, and inside some updates."""
     rng = random.Random(SEED)
     fresh = [("fresh", ("optimizer-stepped", k)) for k in rng.sample(range(1, UPDATES + 1), 2)]
-    fresh += [("fresh", (phase, rng.randint(1, UPDATES // SAVE_EVERY))) for phase in SAVE_PHASES]
+    offset = rng.randrange(UPDATES // SAVE_EVERY)  # phases spread over the run's saves (step-2, -4, -6)
+    fresh += [("fresh", (phase, 1 + (i + offset) % (UPDATES // SAVE_EVERY))) for i, phase in enumerate(SAVE_PHASES)]
     # A resume of the half run writes step-4, step-6 and then replaces `last`: the 3rd save of that leg.
     resumed = [("resume", ("swap", 1)), ("resume", ("replaced", 1)), ("resume", ("manifest", 3))]
     resumed += [("resume", ("optimizer-stepped", rng.randint(1, 3)))]
@@ -178,15 +179,23 @@ def test_killed_run_resumes_to_the_unbroken_result(forkserver, workdir, train_ar
 
 
 def test_kills_at_random_times_never_resume_wrongly(forkserver, workdir, train_args, unbroken, tmp_path):
+    """Kills not tied to any named point: a seeded random moment after the n-th logged update."""
     rng = random.Random(SEED + 1)
     outcomes = []
-    for i, delay in enumerate(sorted(rng.uniform(0.3, 3.0) for _ in range(2))):
+    for i in range(2):
         run_dir = tmp_path / f"run-{i}"
+        rows, delay = rng.randint(1, 4), rng.uniform(0.0, 0.08)
+        seen: list[float] = []
+
+        def due(run_dir=run_dir, rows=rows, delay=delay, seen=seen) -> bool:
+            metrics = run_dir / "metrics.csv"
+            if not seen and metrics.exists() and len(metrics.read_text().splitlines()) > rows:
+                seen.append(time.monotonic())
+            return bool(seen) and time.monotonic() - seen[0] >= delay
+
         code, out = run_child(forkserver, [*train_args, "--updates", str(UPDATES), "--out", str(run_dir)], workdir,
-                              kill_after=delay)
-        if code == 0:  # finished before the kill: nothing to resume
-            continue
-        if not run_dir.exists():
+                              kill_when=due)
+        if code == 0:  # finished before the kill landed: nothing to resume
             continue
         outcomes.append(_assert_continues_or_refuses(forkserver, workdir, run_dir, unbroken))
     assert outcomes  # at least one kill landed mid-run
