@@ -34,6 +34,12 @@ from torch import Tensor, nn
 
 from rlhf_gym.decoding import TanhGELU, fuse_activations, sample_tokens, static_decoder_for
 from rlhf_gym.errors import CheckpointError, ConfigError, RLHFGymError, file_error_message
+from rlhf_gym.model_files import (
+    damaged_json,
+    damaged_model_message,
+    missing_weights_message,
+    pickle_weights_message,
+)
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 ADAPTER_DIR = "adapter"
@@ -370,19 +376,22 @@ class Policy(nn.Module):
         _check_causal_lm(load_from, trust_remote_code)
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         if looks_local:
-            _refuse_pickle_weights(path)
+            refused = pickle_weights_message(path)
+            if refused:
+                raise ModelLoadError(refused)
             kwargs["use_safetensors"] = True
         if dtype is not None:
             kwargs["dtype"] = _as_dtype(dtype)
         try:
             model: Any = AutoModelForCausalLM.from_pretrained(load_from, **kwargs)
-            if looks_local:
-                _check_all_weights_loaded(model, path)
+            missing = missing_weights_message(model, path, skip=(VALUE_HEAD_FILE,)) if looks_local else None
+            if missing:
+                raise ModelLoadError(missing)
         except ModelLoadError:
             raise
         except Exception as exc:
             if looks_local:  # damaged, truncated or pickle weights: one sentence naming the file
-                raise ModelLoadError(_damaged_model_message(path, exc, "model")) from exc
+                raise ModelLoadError(damaged_model_message(path, exc, "model")) from exc
             if isinstance(exc, OSError):
                 raise ModelLoadError(_load_failure_message("model", source, exc)) from exc
             raise
@@ -783,9 +792,9 @@ class Policy(nn.Module):
         from transformers import AutoModelForCausalLM
 
         try:
-            model = AutoModelForCausalLM.from_pretrained(os.fspath(path)).to(self.device).eval()
+            model = AutoModelForCausalLM.from_pretrained(os.fspath(path), use_safetensors=True).to(self.device).eval()
         except Exception as exc:
-            raise CheckpointError(_damaged_model_message(Path(path), exc, "reference model")) from exc
+            raise CheckpointError(damaged_model_message(Path(path), exc, "reference model")) from exc
         model.requires_grad_(False)
         if any(isinstance(module, TanhGELU) for module in self.model.modules()):
             fuse_activations(model)
@@ -860,26 +869,12 @@ def _load_tokenizer(source: str, trust_remote_code: bool) -> Any:
         raise ModelLoadError(_load_failure_message("tokenizer", source, exc)) from exc
 
 
-def _damaged_json(directory: Path, names: Sequence[str]) -> tuple[Path, Exception] | None:
-    """The first of ``names`` in ``directory`` that exists but is not valid JSON, with the parse error."""
-    import json
-
-    for name in names:
-        file = directory / name
-        if file.is_file():
-            try:
-                json.loads(file.read_bytes().decode("utf-8"))
-            except (ValueError, UnicodeDecodeError) as exc:
-                return file, exc
-    return None
-
-
 def _load_failure_message(what: str, source: str, exc: Exception) -> str:
     directory = Path(source).expanduser()
     if directory.is_dir():  # a local directory: name the damaged file rather than suggest the hub
         names = ("config.json",) if what == "model" else (
             "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "config.json")
-        damaged = _damaged_json(directory, names)
+        damaged = damaged_json(directory, names)
         if damaged is not None:
             return file_error_message(damaged[0], damaged[1], f"{what} file")
     return (
@@ -887,60 +882,6 @@ def _load_failure_message(what: str, source: str, exc: Exception) -> str:
         f"holding a saved {what}; note that this machine may be offline, in which case only local directories "
         f"and already-cached hub ids work."
     )
-
-
-def _refuse_pickle_weights(directory: Path) -> None:
-    """A local model with pickle weights only (``pytorch_model.bin``, ``*.pt``) is refused, never unpickled."""
-    if any(directory.glob("*.safetensors")) or (directory / "model.safetensors.index.json").is_file():
-        return
-    pickled = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
-    if pickled:
-        raise ModelLoadError(file_error_message(directory / pickled[0], __import__("pickle").UnpicklingError(
-            "pickle weights"), "model file"))
-
-
-def _check_all_weights_loaded(model: Any, directory: Path) -> None:
-    """Weights the checkpoint lacks would be initialised at random without a word: refuse instead."""
-    import json
-
-    try:
-        from safetensors import safe_open
-    except ImportError:  # pragma: no cover - safetensors ships with transformers
-        return
-    files = sorted(directory.glob("*.safetensors"))
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted({directory / f for f in json.loads(index.read_text()).get("weight_map", {}).values()})
-    stored: set[str] = set()
-    for file in files:
-        if file.name == VALUE_HEAD_FILE:
-            continue
-        with safe_open(str(file), framework="pt") as f:
-            stored.update(f.keys())
-    expected = set(model.state_dict())
-    tied = {k for k in expected if k.endswith("lm_head.weight")} if getattr(model.config, "tie_word_embeddings",
-                                                                                   False) else set()
-    missing = sorted(k for k in expected - tied if k not in stored and not any(s.endswith(k) or k.endswith(s)
-                                                                                   for s in stored))
-    if missing:
-        raise ModelLoadError(
-            f"model file {files[0] if files else directory / 'model.safetensors'} lacks {len(missing)} of the "
-            f"model's weights ({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}); they would start at "
-            f"random. The file is damaged or belongs to another architecture: restore it or use another checkpoint"
-        )
-
-
-def _damaged_model_message(directory: Path, exc: BaseException, what: str) -> str:
-    """Name the weights file of ``directory`` that failed to load (or the directory when none is found)."""
-    names = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "config.json")
-    text = str(exc)
-    named = [n for n in names if n in text]
-    if "pytorch_model.bin" not in named and (directory / "pytorch_model.bin").is_file() and \
-            not (directory / "model.safetensors").is_file():
-        named = ["pytorch_model.bin"]
-    candidates = named or [n for n in names[:3] if (directory / n).is_file()]
-    target = directory / candidates[0] if candidates else directory
-    return file_error_message(target, exc, f"{what} file")
 
 
 def _apply_lora(model: nn.Module, lora: Any) -> nn.Module:

@@ -400,7 +400,7 @@ def _one_error_line(err: str) -> str:
 @pytest.mark.parametrize(("file", "mode", "expect"), [
     ("model.safetensors", "truncate", "model.safetensors"), ("model.safetensors", "empty", "model.safetensors"),
     ("model.safetensors", "garbage", "model.safetensors"), ("config.json", "garbage", "config.json"),
-    ("model.safetensors", "pickle-bin", "refuses pickle"),
+    ("model.safetensors", "pickle-bin", "refuses pickle"), ("model.safetensors", "drop-tensors", "would start at random"),
 ])
 def test_damaged_model_given_to_train_is_one_error_line(random_model_path, train_args, tmp_path, capsys, file, mode,
                                                         expect):
@@ -409,6 +409,12 @@ def test_damaged_model_given_to_train_is_one_error_line(random_model_path, train
     if mode == "pickle-bin":
         (model / file).unlink()
         (model / "pytorch_model.bin").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    elif mode == "drop-tensors":  # a whole, readable file that lacks some of the model's weights
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(str(model / file))
+        kept = sorted(weights)[::2]
+        save_file({k: weights[k] for k in kept}, str(model / file), metadata={"format": "pt"})
     else:
         _corrupt(model / file, mode, random.Random(SEED))
     argv = [a if a != random_model_path else str(model) for a in train_args]
