@@ -433,10 +433,11 @@ class Algorithm:
                     group[key] = changed[field]
 
     @classmethod
-    def load(cls, path: str | Path, env: Any = None, policy: Any = None, **overrides: Any) -> Algorithm:
+    def load(cls, path: str | Path, env: Any = None, policy: Any = None, *, verify: bool = True,
+             **overrides: Any) -> Algorithm:
         """Rebuild an algorithm from :meth:`save`'s directory; training continues the same curve.
 
-        Every file is first checked against the checkpoint's manifest. ``overrides`` change config fields that
+        Every file is first checked against the checkpoint's manifest (``verify=False``: the caller just did). ``overrides`` change config fields that
         may change mid-run (:attr:`resumable_fields`: learning rate, KL coefficient, logging and saving cadence,
         ``run_dir``, ...; the others raise :class:`ConfigError`); ``policy`` defaults to the checkpoint's own.
 
@@ -446,7 +447,8 @@ class Algorithm:
         from rlhf_gym.policy import Policy
 
         path = Path(path)
-        verify_checkpoint(path)
+        if verify:
+            verify_checkpoint(path)
         tensors, meta = load_trainer_state(path)
         if meta.get("algorithm") not in (cls.name, None) and cls is not Algorithm:
             raise ConfigError(

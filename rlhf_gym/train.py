@@ -443,7 +443,7 @@ def resume(run_dir: str, opts: RunOptions, progress: bool, args: argparse.Namesp
             verify_checkpoint(ckpt)
             policy = Policy.from_pretrained(str(ckpt / "policy"), value_head=algo_cls.needs_value_head)
             env = make_env(run_opts, policy, prompts)
-            algo = algo_cls.load(ckpt, env=env, policy=policy, run_dir=str(path), **overrides)
+            algo = algo_cls.load(ckpt, env=env, policy=policy, verify=False, run_dir=str(path), **overrides)
             break
         except (CheckpointError, ModelLoadError) as exc:
             print(f"warning: skipping checkpoint {ckpt}: {exc}", file=sys.stderr, flush=True)
