@@ -447,9 +447,11 @@ class Algorithm:
         from rlhf_gym.policy import Policy
 
         path = Path(path)
-        if verify:
-            verify_checkpoint(path)
+        manifest = verify_checkpoint(path) if verify else None
         tensors, meta = load_trainer_state(path)
+        if manifest is not None and manifest.get("num_updates") != meta.get("num_updates"):
+            raise CheckpointError(f"checkpoint {path}: trainer_state.json holds update {meta.get('num_updates')}, its "
+                                  f"manifest.json update {manifest.get('num_updates')}; the checkpoint was altered")
         if meta.get("algorithm") not in (cls.name, None) and cls is not Algorithm:
             raise ConfigError(
                 f"{path} holds a {meta.get('algorithm')!r} checkpoint, not {cls.name!r}; load it with "
