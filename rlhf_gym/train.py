@@ -303,7 +303,8 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     build_config(algo_cls.Config, opts.algo_config, owner=f"algorithm {opts.algo!r}")
     run_dir = Path(opts.out) if opts.out else default_run_dir(opts.algo)
     check_writable(run_dir)
-    earlier = [c for c in (run_dir / "checkpoints", *run_dir.glob("beta-*/checkpoints")) if c.is_dir() and any(c.iterdir())]
+    earlier = [c for c in (run_dir / "checkpoints", *run_dir.glob("beta-*/checkpoints"))
+               if c.is_dir() and any(not p.name.startswith(".") for p in c.iterdir())]  # (not an interrupted save's)
     if earlier:  # a new run's checkpoints mixed with an earlier run's would make --resume pick the wrong one
         raise ConfigError(f"{run_dir} already holds checkpoints of an earlier run ({earlier[0]}); continue that run "
                           f"with `rlhf-gym train --resume {run_dir}`, or pass another --out")
