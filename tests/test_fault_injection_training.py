@@ -563,3 +563,26 @@ def test_plugin_as_the_docs_show_resumes_bit_identically(random_model_path, trai
     assert got == want
     for p, q in zip(straight.policy.parameters(), resumed.policy.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_library_load_applies_kl_overrides_and_refuses_turning_the_penalty_on(random_model_path, trained, tmp_path):
+    from rlhf_gym.errors import ConfigError
+    from rlhf_gym.kl import AdaptiveKLController
+
+    _, _, env = trained
+    for beta in (0.0, 0.1):
+        algo = rlhf_gym.make_algorithm("rloo", env=env, policy=random_model_path, num_prompts=2, group_size=2,
+                                       beta=beta, seed=2)
+        algo.learn(1, progress_bar=False)
+        algo.save(tmp_path / f"beta-{beta}")
+    cls = type(algo)
+    with pytest.raises(ConfigError, match="cannot turn the KL penalty on"):
+        cls.load(tmp_path / "beta-0.0", env=env, beta=0.5)
+    with pytest.raises(ConfigError, match=r"cannot change group_size \(2 → 3\)"):
+        cls.load(tmp_path / "beta-0.1", env=env, group_size=3)
+    adaptive = cls.load(tmp_path / "beta-0.1", env=env, kl_target=4.0, learning_rate=1e-3)
+    assert isinstance(adaptive.kl_ctl, AdaptiveKLController) and adaptive.kl_ctl.value == pytest.approx(0.1)
+    assert {g["lr"] for g in adaptive.optimizer.param_groups} == {1e-3}
+    assert adaptive.resumed_overrides == {"kl_target": 4.0, "learning_rate": 1e-3}
+    off = cls.load(tmp_path / "beta-0.1", env=env, beta=0.0)
+    assert off.reference is None and off.kl_ctl.value == 0.0
