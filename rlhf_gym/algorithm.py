@@ -30,15 +30,24 @@ import numpy as np
 import torch
 
 from rlhf_gym.checkpoint import (
+    STATE_FORMAT,
+    atomic_directory,
+    components_state,
+    fault_point,
     flatten_optimizer_state,
     load_trainer_state,
+    recover_checkpoints,
+    restore_components,
     restore_optimizer_state,
+    save_failure,
     save_trainer_state,
+    verify_checkpoint,
+    write_manifest,
 )
 from rlhf_gym.config import build_config, config_to_dict, hp
 from rlhf_gym.devices import check_precision, make_grad_scaler, resolve_device, resolve_dtype
 from rlhf_gym.distributed import data_parallel as dp
-from rlhf_gym.errors import ConfigError
+from rlhf_gym.errors import CheckpointError, ConfigError, RLHFGymError, write_error_message
 
 
 def make_adamw(params: list[torch.nn.Parameter], **kwargs: Any) -> torch.optim.Optimizer:
@@ -65,7 +74,10 @@ class AlgorithmConfig:
     log_every: int = hp(1, "log metrics every N updates")
     sample_every: int = hp(10, "write sample completions to samples.jsonl every N updates (0: never)")
     num_logged_samples: int = hp(4, "how many samples to write each time")
-    save_every: int = hp(0, "write a checkpoint to <run_dir>/checkpoints every N updates (0: only at the end)")
+    save_every: int = hp(
+        0, "write <run_dir>/checkpoints/step-N every N updates, which a killed run resumes from (0: only `last`, at "
+           "the end)"
+    )
     run_dir: str | None = hp(None, "run directory for metrics.csv, TensorBoard, samples and checkpoints (None: none)")
     tensorboard: bool = hp(True, "write TensorBoard event files into the run directory")
     true_reward: str | None = hp(
@@ -132,8 +144,10 @@ def as_callback(callback: Any) -> Callback:
 
 
 def set_seed(seed: int) -> None:
-    """Seed Python's and torch's global RNGs (numpy RNGs in rlhf_gym are local generators)."""
+    """Seed Python's, numpy's and torch's global RNGs (rlhf_gym's own code draws from local generators; a plugin
+    may use the global ones, and checkpoints save all three)."""
     random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
@@ -155,6 +169,13 @@ class Algorithm:
     name: ClassVar[str] = "algorithm"
     needs_env: ClassVar[bool] = True
     needs_value_head: ClassVar[bool] = False
+    #: config fields a resumed run may change (:meth:`load` refuses the others by name: they would break the curve)
+    resumable_fields: ClassVar[frozenset[str]] = frozenset({
+        "learning_rate", "weight_decay", "adam_eps", "max_grad_norm", "log_every", "sample_every",
+        "num_logged_samples", "save_every", "run_dir", "tensorboard", "true_reward", "device",
+    })
+    #: attributes never saved as components (the base saves them its own way, or they hold no state)
+    _not_components: ClassVar[frozenset[str]] = frozenset({"policy", "optimizer", "config", "logger", "reference"})
 
     def __init__(self, env: Any = None, policy: Any = None, **config: Any) -> None:
         self.config = build_config(self.Config, config, owner=f"algorithm {self.name!r}")
@@ -174,6 +195,7 @@ class Algorithm:
         self._true_reward = None
         #: extra run information written into the run directory's config.json (e.g. the CLI's options)
         self.run_info: dict[str, Any] = {}
+        self.resumed_overrides: dict[str, Any] = {}
         self.optimizer = self.build_optimizer()
         self.setup()
 
@@ -257,13 +279,16 @@ class Algorithm:
         from rlhf_gym.run_logger import RunLogger
 
         resumed = self.num_updates > 0
-        self.logger = RunLogger(
-            self.config.run_dir,
-            config={"algorithm": self.name, **config_to_dict(self.config), **self.run_info},
-            tensorboard=self.config.tensorboard,
-            append=resumed,
-            start_step=self.num_updates,
-        )
+        try:
+            self.logger = RunLogger(
+                self.config.run_dir,
+                config={"algorithm": self.name, **config_to_dict(self.config), **self.run_info},
+                tensorboard=self.config.tensorboard,
+                append=resumed,
+                start_step=self.num_updates,
+            )
+        except OSError as exc:
+            raise CheckpointError(write_error_message(self.config.run_dir, exc, "write to the run directory")) from exc
 
     def learn(self, total_updates: int, callback: Any = None, progress_bar: bool = True) -> Algorithm:
         """Train until ``total_updates`` updates have been made in all (a resumed run continues its count).
@@ -278,17 +303,25 @@ class Algorithm:
         if total_updates < self.num_updates:
             raise ValueError(f"total_updates={total_updates} is below the {self.num_updates} updates already made")
         cb = as_callback(callback)
+        if self.config.run_dir:
+            recover_checkpoints(Path(self.config.run_dir) / "checkpoints")
         self._open_logger()
         cb.on_learn_start(self)
         bar = tqdm(total=total_updates, initial=self.num_updates, disable=not progress_bar or not dp.is_writer(),
                    desc=self.name, dynamic_ncols=True, leave=True)
+        # `last` is written on the way out only when the state is whole: not after an error inside an update (the
+        # optimizer may have stepped without the count moving) nor after a failed save; periodic checkpoints
+        # (save_every) are what a killed run resumes from.
+        consistent = True
         try:
             while self.num_updates < total_updates:
                 t0 = time.perf_counter()
+                consistent = False
                 self._skipped_this_update = 0
                 with dp.batch_reductions():
                     metrics = self.train_step()
                 self.num_updates += 1
+                consistent = True
                 metrics.setdefault("timing/step", time.perf_counter() - t0)
                 if self.scaler.is_enabled():
                     metrics["precision/skipped_steps"] = float(self._skipped_this_update)
@@ -300,14 +333,16 @@ class Algorithm:
                 bar.set_postfix(_postfix(metrics), refresh=False)
                 if (self.config.save_every and self.config.run_dir and dp.is_writer()
                         and self.num_updates % self.config.save_every == 0):
+                    consistent = False
                     self.save(Path(self.config.run_dir) / "checkpoints" / f"step-{self.num_updates}")
+                    consistent = True
                 if cb.on_step(self, metrics) is False:
                     break
         finally:
             bar.close()
             cb.on_learn_end(self)
             if self.logger is not None:
-                if self.config.run_dir:
+                if self.config.run_dir and consistent:
                     self.save(Path(self.config.run_dir) / "checkpoints" / "last")
                 self.logger.plot()
         return self
@@ -359,57 +394,147 @@ class Algorithm:
     def load_files(self, path: Path) -> None:
         """Read what :meth:`save_files` wrote."""
 
+    def checkpointed_components(self) -> dict[str, Any]:
+        """The objects whose state every checkpoint holds without the algorithm saving them itself: each public
+        attribute that is a rollout worker, batch sampler, RNG (torch, numpy, ``random``), KL controller, running
+        statistic, reward provider (anything with ``state``/``load_state`` or ``state_dict``/``load_state_dict``)
+        or rlhf_gym vector env. :meth:`load` rebuilds the algorithm (``setup`` creates them afresh) and restores
+        each by attribute name, so a plugin that keeps a ``RolloutWorker`` in ``self.rollouts`` resumes exactly."""
+        from rlhf_gym.checkpoint import _kind
+
+        return {name: value for name, value in vars(self).items()
+                if not name.startswith("_") and name not in self._not_components and _kind(value) is not None}
+
     def save(self, path: str | Path) -> Path:
-        """Write a checkpoint directory (safetensors + JSON, no pickle) that :meth:`load` resumes from."""
+        """Write a checkpoint directory (safetensors + JSON, no pickle) that :meth:`load` resumes from.
+
+        The directory appears whole or not at all: it is built next to ``path``, flushed to disk, given a manifest
+        of every file's size and SHA-256, and renamed into place (an earlier checkpoint at ``path`` is replaced
+        only then).
+
+        Raises:
+            CheckpointError: the disk is full, the directory is read-only, or ``path`` holds something else.
+        """
         path = Path(path)
+        try:
+            with atomic_directory(path) as tmp:
+                self._write_checkpoint(tmp)
+                fault_point("manifest")
+                write_manifest(tmp, num_updates=self.num_updates, algorithm=self.name)
+        except RLHFGymError:
+            raise
+        except OSError as exc:
+            raise save_failure(path, exc) from exc
+        except Exception as exc:  # some writers (safetensors) wrap the OS error in their own type
+            if "No space left" in str(exc) or "Read-only file system" in str(exc):
+                import errno
+
+                code = errno.ENOSPC if "No space left" in str(exc) else errno.EROFS
+                raise save_failure(path, OSError(code, str(exc))) from exc
+            raise
+        return path
+
+    def _write_checkpoint(self, path: Path) -> None:
         self.policy.save_pretrained(path / "policy")
+        fault_point("policy")
         self.save_files(path)
+        fault_point("files")
         tensors, optim_meta = flatten_optimizer_state(self.optimizer)
         tensors["rng/torch"] = torch.get_rng_state()
+        np_state = np.random.get_state()
+        tensors["rng/numpy"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))
+        component_tensors, component_values = components_state(self.checkpointed_components())
+        tensors.update(component_tensors)
         extra_tensors, extra_values = self.extra_state()
         tensors.update({f"extra/{k}": v.detach().cpu() for k, v in extra_tensors.items()})
         meta = {
-            "format": "rlhf_gym-checkpoint-v1",
+            "format": STATE_FORMAT,
             "algorithm": self.name,
             "num_updates": self.num_updates,
             "config": config_to_dict(self.config),
             "optimizer": optim_meta,
-            "rng": {"python": _python_rng_state()},
+            "rng": {"python": _python_rng_state(), "numpy": [np_state[0], *np_state[2:]]},
+            "components": component_values,
             "extra": extra_values,
         }
         if self.scaler.is_enabled():
             meta["scaler"] = self.scaler.state_dict()
         save_trainer_state(path, tensors, meta)
-        return path
+        fault_point("trainer_state")
 
     @classmethod
-    def load(cls, path: str | Path, env: Any = None, policy: Any = None, **overrides: Any) -> Algorithm:
+    def check_overrides(cls, saved: dict[str, Any], changed: dict[str, Any], where: Path) -> None:
+        """Refuse config changes a resumed run cannot take (anything outside :attr:`resumable_fields`)."""
+        refused = sorted(k for k in changed if k not in cls.resumable_fields)
+        if refused:
+            shown = ", ".join(f"{k} ({saved.get(k)!r} → {changed[k]!r})" for k in refused)
+            raise ConfigError(
+                f"cannot change {shown} when resuming {where}: the run would no longer continue the same curve. "
+                f"Fields a resume may change: {', '.join(sorted(cls.resumable_fields))}. To train with other "
+                f"settings, start a new run from the checkpoint's weights (--model {where / 'policy'})"
+            )
+
+    def apply_overrides(self, changed: dict[str, Any]) -> None:
+        """Put config changes made at :meth:`load` into effect where state restored from the checkpoint holds
+        the old value (the optimizer's param groups); subclasses extend it for their own state."""
+        for field, key in (("learning_rate", "lr"), ("weight_decay", "weight_decay"), ("adam_eps", "eps")):
+            if field in changed:
+                for group in self.optimizer.param_groups:
+                    group[key] = changed[field]
+
+    @classmethod
+    def load(cls, path: str | Path, env: Any = None, policy: Any = None, *, verify: bool = True,
+             **overrides: Any) -> Algorithm:
         """Rebuild an algorithm from :meth:`save`'s directory; training continues the same curve.
 
-        ``overrides`` change config fields (e.g. ``run_dir``); ``policy`` defaults to the checkpoint's own.
+        Every file is first checked against the checkpoint's manifest (``verify=False``: the caller just did). ``overrides`` change config fields that
+        may change mid-run (:attr:`resumable_fields`: learning rate, KL coefficient, logging and saving cadence,
+        ``run_dir``, ...; the others raise :class:`ConfigError`); ``policy`` defaults to the checkpoint's own.
+
+        Raises:
+            CheckpointError: a file is missing, truncated or damaged (named in the message).
         """
         from rlhf_gym.policy import Policy
 
         path = Path(path)
+        manifest = verify_checkpoint(path) if verify else None
         tensors, meta = load_trainer_state(path)
+        if manifest is not None and manifest.get("num_updates") != meta.get("num_updates"):
+            raise CheckpointError(f"checkpoint {path}: trainer_state.json holds update {meta.get('num_updates')}, its "
+                                  f"manifest.json update {manifest.get('num_updates')}; the checkpoint was altered")
         if meta.get("algorithm") not in (cls.name, None) and cls is not Algorithm:
             raise ConfigError(
                 f"{path} holds a {meta.get('algorithm')!r} checkpoint, not {cls.name!r}; load it with "
                 f"rlhf_gym.plugins.algorithm_class({meta.get('algorithm')!r}).load(...)"
             )
-        config = {**meta["config"], **overrides}
+        saved = meta["config"]
+        merged = config_to_dict(build_config(cls.Config, {**saved, **overrides}, owner=f"algorithm {cls.name!r}"))
+        changed = {k: merged[k] for k in overrides if merged.get(k) != saved.get(k)}
+        cls.check_overrides(saved, changed, path)
         if policy is None:
             policy = Policy.from_pretrained(str(path / "policy"), value_head=cls.needs_value_head)
-        algo = cls(env=env, policy=policy, **config)
-        restore_optimizer_state(algo.optimizer, tensors, meta["optimizer"])
-        torch.set_rng_state(tensors["rng/torch"])
-        _set_python_rng_state(meta["rng"]["python"])
-        algo.num_updates = int(meta["num_updates"])
-        if meta.get("scaler") and algo.scaler.is_enabled():
-            algo.scaler.load_state_dict(meta["scaler"])
+        algo = cls(env=env, policy=policy, **{**saved, **overrides})
+        try:
+            restore_optimizer_state(algo.optimizer, tensors, meta["optimizer"])
+            if "components" in meta:  # (checkpoints older than manifests keep them in extra_state)
+                restore_components(algo.checkpointed_components(), tensors, meta["components"], path)
+            torch.set_rng_state(tensors["rng/torch"])
+            _set_python_rng_state(meta["rng"]["python"])
+            if "rng/numpy" in tensors and "numpy" in meta["rng"]:
+                kind, *rest = meta["rng"]["numpy"]
+                np.random.set_state((kind, tensors["rng/numpy"].numpy().astype(np.uint32), *rest))
+            algo.num_updates = int(meta["num_updates"])
+            if meta.get("scaler") and algo.scaler.is_enabled():
+                algo.scaler.load_state_dict(meta["scaler"])
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+            raise CheckpointError(f"checkpoint {path}: trainer_state does not fit this {cls.name!r} algorithm "
+                                  f"({type(exc).__name__}: {exc}); it was written with other settings or code") from exc
         extra = {k[len("extra/"):]: v for k, v in tensors.items() if k.startswith("extra/")}
         algo.load_files(path)
         algo.load_extra_state(extra, meta.get("extra", {}))
+        algo.apply_overrides(changed)
+        #: the config fields this load changed from the checkpoint's values (recorded by `rlhf-gym train --resume`)
+        algo.resumed_overrides = changed
         return algo
 
 

@@ -60,3 +60,50 @@ def unknown_name_message(kind: str, name: str, known: Iterable[str], hint: str =
     if hint:
         msg += " " + hint
     return msg
+
+
+class CheckpointError(RLHFGymError, OSError):
+    """A checkpoint or run directory that cannot be written, or that is incomplete or damaged when read back."""
+
+
+def file_error_message(path: object, exc: BaseException, what: str = "file") -> str:
+    """One sentence for a file that could not be read: what is wrong with ``path`` and what to do.
+
+    Maps the exceptions that truncated, empty, random or pickle bytes raise inside safetensors, json, torch and
+    transformers (and the operating system's own errors) to a message that names the file instead of a traceback.
+    """
+    import errno
+    import json
+    import pickle
+
+    name = type(exc).__name__
+    text = str(exc).splitlines()[0] if str(exc) else name
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text or "Weights only load failed" in text:
+        return (f"{path} is a pickle checkpoint, and rlhf_gym refuses pickle (loading one can run arbitrary code). "
+                f"Convert it once, where you trust it, with `model = AutoModelForCausalLM.from_pretrained(dir); "
+                f"model.save_pretrained(dir, safe_serialization=True)` (writes model.safetensors), then delete the "
+                f".bin file")
+    if isinstance(exc, FileNotFoundError):
+        return f"{what} {path} is missing"
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
+        return f"{what} {path} cannot be read (permission denied); fix its permissions"
+    if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
+        return f"{what} {path} is not valid JSON ({text}); it is damaged: restore it or use another checkpoint"
+    if name == "SafetensorError" or "safetensors" in text.lower() or "header" in text.lower():
+        return (f"{what} {path} is not a readable safetensors file ({text}); it is truncated or damaged: restore "
+                f"it or use another checkpoint")
+    return f"{what} {path} cannot be read ({name}: {text}); it is damaged: restore it or use another checkpoint"
+
+
+def write_error_message(path: object, exc: OSError, action: str = "write") -> str:
+    """One sentence for a failed write under ``path``: disk full, read-only or no permission, and what to do."""
+    import errno
+
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return (f"cannot {action} {path}: the disk is full (no space left on device). Free some space or pass "
+                f"another directory; earlier checkpoints are intact")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why = "the file system is read-only" if exc.errno == errno.EROFS else "permission denied"
+        return (f"cannot {action} {path}: {why}. Make the directory writable or pass another one "
+                f"(e.g. --out for a new run)")
+    return f"cannot {action} {path}: {exc.strerror or exc}"

@@ -35,6 +35,7 @@ from rlhf_gym.advantages import (
 from rlhf_gym.algorithm import Algorithm, AlgorithmConfig
 from rlhf_gym.config import hp
 from rlhf_gym.distributed import data_parallel as dp
+from rlhf_gym.errors import ConfigError
 from rlhf_gym.kl import kl_estimate, make_kl_controller
 from rlhf_gym.rollout import Rollout, make_rollout_source
 
@@ -238,21 +239,20 @@ class OnlineAlgorithm(Algorithm):
             close()
 
     # -- checkpoints ------------------------------------------------------------------------------------------
-    def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors, values = self.rollouts.state()
-        values = {"rollouts": values, "kl_ctl": self.kl_ctl.state_dict(),
-                  "reward_moments": self.reward_moments.state_dict()}
-        return {f"rollouts/{k}": v for k, v in tensors.items()}, values
+    # The rollout worker (sampling RNG, prompt order, provider state), the KL controller and the reward statistics
+    # are saved by the base class as components (Algorithm.checkpointed_components); the reference is a file.
+    resumable_fields = Algorithm.resumable_fields | {"beta", "kl_target", "kl_horizon", "rollout_workers", "ray_address"}
 
     def load_extra_state(self, tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> None:
-        rollout_tensors = {k[len("rollouts/"):]: v for k, v in tensors.items() if k.startswith("rollouts/")}
-        if dp.rank() == 0:
+        if "rollouts" in values and dp.rank() == 0:  # checkpoints written before the base saved components
+            rollout_tensors = {k[len("rollouts/"):]: v for k, v in tensors.items() if k.startswith("rollouts/")}
             self.rollouts.load_state(rollout_tensors, values["rollouts"])
-        else:  # the checkpoint holds rank 0's streams; the others start fresh ones, seeded by the update reached
+        if "kl_ctl" in values:
+            self.kl_ctl.load_state_dict(values["kl_ctl"])
+            self.reward_moments.load_state_dict(values["reward_moments"])
+        if dp.rank() != 0:  # the checkpoint holds rank 0's streams; the others start fresh ones, seeded by the update reached
             self.rollouts.env.close()
             self.rollouts = self._rollout_worker(self.config.seed + 1_000_003 * self.num_updates)
-        self.kl_ctl.load_state_dict(values["kl_ctl"])
-        self.reward_moments.load_state_dict(values["reward_moments"])
 
     def save_files(self, path: Path) -> None:
         # The reference must stay the *initial* policy across resumes: keep its weights with the checkpoint.
@@ -261,3 +261,20 @@ class OnlineAlgorithm(Algorithm):
     def load_files(self, path: Path) -> None:
         if self.reference is not None:
             self.reference = self.policy.load_reference(path / "reference")
+
+    @classmethod
+    def check_overrides(cls, saved: dict[str, Any], changed: dict[str, Any], where: Path) -> None:
+        super().check_overrides(saved, changed, where)
+        if float(saved.get("beta") or 0) == 0 and float(changed.get("beta") or 0) > 0:
+            raise ConfigError(
+                f"cannot turn the KL penalty on (beta 0 → {changed['beta']}) when resuming {where}: the run kept no "
+                f"reference model, and the current policy is not the initial one. Start a new run instead"
+            )
+
+    def apply_overrides(self, changed: dict[str, Any]) -> None:
+        super().apply_overrides(changed)
+        if {"beta", "kl_target", "kl_horizon"} & set(changed):
+            cfg = self.config
+            # A new β starts from the value given; a new target or horizon continues from the current β.
+            beta = cfg.beta if "beta" in changed or cfg.beta == 0 else self.kl_ctl.value
+            self.kl_ctl = make_kl_controller(beta, cfg.kl_target, cfg.kl_horizon)

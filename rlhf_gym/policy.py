@@ -34,7 +34,13 @@ from torch import Tensor, nn
 
 from rlhf_gym.decoding import TanhGELU, fuse_activations, sample_tokens, static_decoder_for
 from rlhf_gym.devices import autocast, cast_frozen_parameters, full_precision, resolve_device, resolve_dtype
-from rlhf_gym.errors import ConfigError, RLHFGymError
+from rlhf_gym.errors import CheckpointError, ConfigError, RLHFGymError, file_error_message
+from rlhf_gym.model_files import (
+    damaged_json,
+    damaged_model_message,
+    missing_weights_message,
+    pickle_weights_message,
+)
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 ADAPTER_DIR = "adapter"
@@ -391,12 +397,26 @@ class Policy(nn.Module):
 
         _check_causal_lm(load_from, trust_remote_code)
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if looks_local:
+            refused = pickle_weights_message(path)
+            if refused:
+                raise ModelLoadError(refused)
+            kwargs["use_safetensors"] = True
         if dtype is not None:
             kwargs["dtype"] = _as_dtype(dtype)
         try:
             model: Any = AutoModelForCausalLM.from_pretrained(load_from, **kwargs)
-        except OSError as exc:
-            raise ModelLoadError(_load_failure_message("model", source, exc)) from exc
+            missing = missing_weights_message(model, path, skip=(VALUE_HEAD_FILE,)) if looks_local else None
+            if missing:
+                raise ModelLoadError(missing)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            if looks_local:  # damaged, truncated or pickle weights: one sentence naming the file
+                raise ModelLoadError(damaged_model_message(path, exc, "model")) from exc
+            if isinstance(exc, OSError):
+                raise ModelLoadError(_load_failure_message("model", source, exc)) from exc
+            raise
         if device is not None:
             model = model.to(resolve_device(device))
 
@@ -416,7 +436,10 @@ class Policy(nn.Module):
             from safetensors.torch import load_file
 
             assert policy.value_head is not None
-            policy.value_head.load_state_dict(load_file(str(value_file), device=str(policy.device)))
+            try:
+                policy.value_head.load_state_dict(load_file(str(value_file), device=str(policy.device)))
+            except Exception as exc:
+                raise ModelLoadError(file_error_message(value_file, exc, "value head file")) from exc
         return policy
 
     @classmethod
@@ -837,13 +860,23 @@ class Policy(nn.Module):
         It gets the same treatment as the policy's own copy (activations fused when the policy's are), so a resumed
         run computes exactly the KL the uninterrupted one did.
         """
-        if self._reference is None or self._reference.adapter_disabled or not Path(path).is_dir():
+        if self._reference is None or self._reference.adapter_disabled:
             return self._reference
+        if not Path(path).is_dir():
+            # Never fall back to the current weights: KL against them would silently measure something else.
+            raise CheckpointError(
+                f"the frozen reference model is missing: {path} does not exist. The checkpoint is incomplete; "
+                f"resume from another checkpoint (`rlhf-gym train --resume RUN_DIR` picks the newest intact one)"
+            )
         from transformers import AutoModelForCausalLM
 
         current = self._reference
-        model = AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=current.model.dtype)
-        model = model.to(current.device).eval()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=current.model.dtype,
+                                                         use_safetensors=True)
+            model = model.to(current.device).eval()
+        except Exception as exc:
+            raise CheckpointError(damaged_model_message(Path(path), exc, "reference model")) from exc
         model.requires_grad_(False)
         if any(isinstance(module, TanhGELU) for module in self.model.modules()):
             fuse_activations(model)
@@ -920,6 +953,13 @@ def _load_tokenizer(source: str, trust_remote_code: bool) -> Any:
 
 
 def _load_failure_message(what: str, source: str, exc: Exception) -> str:
+    directory = Path(source).expanduser()
+    if directory.is_dir():  # a local directory: name the damaged file rather than suggest the hub
+        names = ("config.json",) if what == "model" else (
+            "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "config.json")
+        damaged = damaged_json(directory, names)
+        if damaged is not None:
+            return file_error_message(damaged[0], damaged[1], f"{what} file")
     return (
         f"could not load the {what} from {source!r} ({exc}). Pass a Hugging Face hub id or a local directory "
         f"holding a saved {what}; note that this machine may be offline, in which case only local directories "
