@@ -312,7 +312,16 @@ def restore_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str,
 def save_trainer_state(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "trainer_state.safetensors"))
+    # Two names may hold views of one tensor (an algorithm's extra state and a component it also keeps, say):
+    # safetensors refuses shared storage, so every tensor after the first on a storage is written as a copy.
+    seen: set[int] = set()
+    unique: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        value = value.contiguous()
+        ptr = value.untyped_storage().data_ptr() if value.numel() else 0
+        unique[key] = value.clone() if ptr and ptr in seen else value
+        seen.add(ptr)
+    save_file(unique, str(path / "trainer_state.safetensors"))
     (path / "trainer_state.json").write_text(json.dumps(meta, indent=1))
 
 

@@ -319,20 +319,6 @@ def test_two_ray_workers_learn_as_much_as_in_process_sampling(tiny_kit, ray_addr
     assert abs(local - remote) < 0.12, gains
 
 
-def test_resume_picks_the_newest_complete_checkpoint_of_a_killed_learner(tmp_path):
-    from rlhf_gym.train import latest_checkpoint
-
-    folder = tmp_path / "checkpoints"
-    assert latest_checkpoint(tmp_path) is None
-    for name, updates in (("step-2", 2), ("step-10", 10), ("last", 4)):
-        (folder / name).mkdir(parents=True)
-        (folder / name / "trainer_state.json").write_text(f'{{"num_updates": {updates}}}')
-    (folder / "step-12").mkdir()  # killed while writing it: no trainer_state.json yet
-    assert latest_checkpoint(tmp_path) == folder / "step-10"
-    (folder / "last" / "trainer_state.json").write_text('{"num_updates": 10}')  # a clean end at the same update
-    assert latest_checkpoint(tmp_path) == folder / "last"
-
-
 def test_published_weights_round_trip_in_every_dtype():
     from rlhf_gym.distributed.ray_rollout import load_published_state, publishable_state
 
