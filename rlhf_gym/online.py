@@ -20,6 +20,7 @@ import torch
 from rlhf_gym.advantages import RunningMoments, apply_missing_eos_penalty, clip_rewards, normalise_rewards
 from rlhf_gym.algorithm import Algorithm, AlgorithmConfig
 from rlhf_gym.config import hp
+from rlhf_gym.errors import ConfigError
 from rlhf_gym.kl import kl_estimate, make_kl_controller
 from rlhf_gym.rollout import Rollout, RolloutWorker
 
@@ -33,7 +34,11 @@ class OnlineConfig(AlgorithmConfig):
     beta: float = hp(0.05, "KL coefficient β against the frozen reference (0: no reference model at all)")
     kl_target: float | None = hp(None, "adaptive KL control: target KL per sequence (None: fixed β)")
     kl_horizon: int = hp(10000, "adaptive KL control horizon, in samples")
-    kl_estimator: str = hp("k1", "per-token KL estimator in the penalty: k1, k2 or k3")
+    kl_estimator: str = hp("k1", "per-token KL estimator in the penalty and in objective/kl: k1, k2 or k3")
+    kl_monitor: str = hp(
+        "reference", "with beta=0, how objective/kl is still measured against the starting policy: 'reference' "
+        "(a frozen copy, every update), 'every:N' (the same copy, every N updates) or 'off' (not logged)"
+    )
     missing_eos_penalty: float | None = hp(None, "subtract this from the score of completions that never end")
     normalize_rewards: bool = hp(False, "standardise scores with running mean/std before use")
     reward_clip: float | None = hp(None, "clip (normalised) scores to ±this")
@@ -57,6 +62,8 @@ class Batch:
     kl: torch.Tensor
     #: old values (B, T) when asked for
     values: torch.Tensor | None = None
+    #: whether ``kl`` was measured this batch (False: no reference to measure against; ``kl`` is then zeros)
+    kl_measured: bool = True
 
     @property
     def mask(self) -> torch.Tensor:
@@ -80,8 +87,12 @@ class OnlineAlgorithm(Algorithm):
             temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
         )
         self.kl_ctl = make_kl_controller(cfg.beta, cfg.kl_target, cfg.kl_horizon)
-        # The reference is a frozen copy of the policy as it is now; skipped entirely when β = 0.
+        # The reference is a frozen copy of the policy as it is now. With β = 0 no penalty needs it, but the KL to
+        # the starting policy is still measured (kl_monitor) against the same copy, never reported as a fake 0.
+        self.kl_monitor_every = parse_kl_monitor(cfg.kl_monitor)
         self.reference = self.policy.reference() if cfg.beta > 0 else None
+        self.monitor_reference = (self.policy.reference() if self.reference is None and self.kl_monitor_every
+                                  else None)
         self.reward_moments = RunningMoments()
 
     # -- rollout ----------------------------------------------------------------------------------------------
@@ -101,12 +112,17 @@ class OnlineAlgorithm(Algorithm):
         else:
             logprobs = rollout.logprobs
         ref_logprobs = None
-        if self.reference is not None:
-            ref_logprobs = self.reference.logprobs(*args, temperature=self.config.temperature)
+        reference = self.reference
+        if reference is None and self.monitor_reference is not None and self.num_updates % self.kl_monitor_every == 0:
+            reference = self.monitor_reference
+        if reference is not None:
+            ref_logprobs = reference.logprobs(*args, temperature=self.config.temperature)
             kl = torch.where(rollout.completion_mask.bool(), kl_estimate(logprobs, ref_logprobs, self.config.kl_estimator),
                              torch.zeros((), dtype=logprobs.dtype))
         else:
             kl = torch.zeros_like(logprobs)
+        if self.reference is None:  # measured for the logs only: the update sees no reference
+            ref_logprobs = None
         rollout.timing["forward"] = time.perf_counter() - start
         scores = rollout.scores.clone()
         valid = rollout.score_mask.clone()
@@ -119,7 +135,7 @@ class OnlineAlgorithm(Algorithm):
         shaped = torch.where(valid, shaped, torch.zeros_like(shaped))
         self.policy.train()
         return Batch(rollout=rollout, scores=shaped, raw_scores=scores, valid=valid, logprobs=logprobs,
-                     ref_logprobs=ref_logprobs, kl=kl, values=values)
+                     ref_logprobs=ref_logprobs, kl=kl, values=values, kl_measured=reference is not None)
 
     def update_kl_controller(self, batch: Batch) -> None:
         if self.reference is not None:
@@ -134,8 +150,6 @@ class OnlineAlgorithm(Algorithm):
         seq_kl = batch.sequence_kl
         beta = self.kl_ctl.value
         metrics = {
-            "objective/kl": float(seq_kl.mean()),
-            "objective/non_score_reward": float(-beta * seq_kl.mean()),
             "objective/beta": float(beta),
             "completions/mean_length": float(r.completion_mask.sum(-1).float().mean()),
             "completions/eos_fraction": float(r.has_eos.float().mean()),
@@ -143,6 +157,9 @@ class OnlineAlgorithm(Algorithm):
             "timing/scoring": r.timing.get("scoring", 0.0),
             "perf/tokens_per_s": r.num_tokens / max(r.timing.get("generation", 0.0), 1e-9),
         }
+        if batch.kl_measured:  # never a 0 standing in for a KL nobody measured
+            metrics["objective/kl"] = float(seq_kl.mean())
+            metrics["objective/non_score_reward"] = float(-beta * seq_kl.mean())
         if raw.numel():
             metrics["objective/scores"] = float(raw.mean())
             metrics["objective/rlhf_reward"] = float((batch.raw_scores - beta * seq_kl)[valid].mean())
@@ -175,3 +192,22 @@ class OnlineAlgorithm(Algorithm):
     def load_files(self, path: Path) -> None:
         if self.reference is not None:
             self.reference = self.policy.load_reference(path / "reference")
+        elif self.monitor_reference is not None:
+            self.monitor_reference = self.policy.load_reference(path / "reference")
+
+
+def parse_kl_monitor(value: str) -> int:
+    """``kl_monitor`` as "measure every N updates" (0: off): ``"reference"`` → 1, ``"every:N"`` → N, ``"off"`` → 0."""
+    text = str(value).strip().lower()
+    if text in ("reference", "every:1"):
+        return 1
+    if text in ("off", "none", ""):
+        return 0
+    if text.startswith("every:"):
+        try:
+            every = int(text[len("every:"):])
+        except ValueError:
+            every = 0
+        if every >= 1:
+            return every
+    raise ConfigError(f"kl_monitor must be 'reference', 'every:N' (N ≥ 1 updates) or 'off', got {value!r}")

@@ -45,11 +45,13 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "rlhf_gym_plugins.dpo",
     "rlhf_gym_plugins.sft",
     "rlhf_gym_plugins.sb3_algorithms",
+    "rlhf_gym_plugins.trackers",
 )
 
 KINDS = {
     "reward": "register_reward_providers",
     "algorithm": "register_algorithms",
+    "tracker": "register_trackers",
 }
 
 
@@ -62,7 +64,7 @@ class PluginEntry:
     """One registered name."""
 
     name: str
-    kind: str  #: ``"reward"`` or ``"algorithm"``
+    kind: str  #: ``"reward"``, ``"algorithm"`` or ``"tracker"``
     obj: Any  #: the class or factory
     plugin: str  #: the plugin (module or entry-point name) that registered it
     distribution: str  #: the distribution it came from (``rlhf_gym`` for built-ins, ``<runtime>`` for objects)
@@ -217,7 +219,7 @@ def reload_plugins() -> None:
 
 
 def list_plugins(kind: str | None = None) -> list[PluginEntry]:
-    """Every registered name, sorted by kind then name; ``kind`` filters to ``"reward"`` or ``"algorithm"``."""
+    """Every registered name, sorted by kind then name; ``kind`` filters to ``"reward"``, ``"algorithm"`` or ``"tracker"``."""
     entries = _REGISTRY.entries()
     kinds = [kind] if kind else list(KINDS)
     for k in kinds:
@@ -234,7 +236,7 @@ def get_entry(kind: str, name: str) -> PluginEntry:
             "Install the plugin that provides it, or check that it is not disabled by "
             f"{DISABLE_ENV_VAR}; `rlhf-gym plugins` lists what is available."
         )
-        label = "reward provider" if kind == "reward" else "algorithm"
+        label = {"reward": "reward provider"}.get(kind, kind)
         raise UnknownNameError(unknown_name_message(label, name, entries, hint))
     return entries[name]
 
