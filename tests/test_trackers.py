@@ -167,19 +167,33 @@ def wandb_records(run_dir: Path) -> list:
     return records
 
 
-@pytest.mark.slow
-def test_cli_reports_config_metrics_and_samples_to_wandb_mlflow_and_trackio_offline(tmp_path, tiny_kit,
-                                                                                    monkeypatch):
-    out, store = tmp_path / "run", tmp_path / "trackers"
+TRACKED_RUN = ["--sft-updates", "0", "--updates", "3", "--eval-samples", "8", "--num-prompts", "4",
+               "--max-new-tokens", "8", "--sample-every", "1", "--no-progress"]
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "rlhf_gym", "train", *args], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory, tiny_kit):
+    """One short `rlhf-gym train` run reporting to every built-in tracker, offline: (run dir, tracker dir, output)."""
+    tmp = tmp_path_factory.mktemp("tracked")
+    out, store = tmp / "run", tmp / "trackers"
+    store.mkdir()
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(store), "WANDB_SILENT": "true",
            "MLFLOW_TRACKING_URI": f"file:{store / 'mlruns'}", "MLFLOW_ALLOW_FILE_STORE": "true",
            "TRACKIO_DIR": str(store / "trackio"), "TRACKIO_PROJECT": "cli-test", "MLFLOW_EXPERIMENT_NAME": "cli-test"}
-    store.mkdir()
-    cmd = [sys.executable, "-m", "rlhf_gym", "train", "--out", str(out), "--sft-updates", "0", "--updates", "3",
-           "--eval-samples", "8", "--num-prompts", "4", "--max-new-tokens", "8", "--sample-every", "1",
-           "--no-progress", "--report-to", "csv,tensorboard,wandb,mlflow,trackio"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = cli("--out", str(out), *TRACKED_RUN, "--report-to", "csv,tensorboard,wandb,mlflow,trackio", env=env)
+    return out, store, proc
+
+
+@pytest.mark.slow
+def test_cli_reports_config_metrics_and_samples_to_wandb_mlflow_and_trackio_offline(tracked_run, monkeypatch):
+    out, store, proc = tracked_run
     assert "Downloading artifacts" not in proc.stderr, "--no-progress silences MLflow's bars too"
     config = json.loads((out / "config.json").read_text())
     rows = read_metrics(out)
@@ -238,3 +252,24 @@ def test_cli_reports_config_metrics_and_samples_to_wandb_mlflow_and_trackio_offl
             trackio_rows.setdefault(step, {}).update(metrics)
     assert_rows_match(rows, trackio_rows, "trackio")
     assert same_samples(trackio_samples, samples)
+
+
+@pytest.mark.slow
+def test_a_runs_own_config_json_reproduces_the_run(tracked_run, tmp_path):
+    """`rlhf-gym train --config RUN/config.json` into a new directory makes the same updates (timings aside)."""
+    out, _, _ = tracked_run
+    again = tmp_path / "again"
+    cli("--config", str(out / "config.json"), "--out", str(again), "--report-to", "csv")
+    first, second = read_metrics(out), read_metrics(again)
+    assert len(first) == len(second) == 3
+    for a, b in zip(first, second, strict=True):
+        for key, value in a.items():
+            if not key.startswith(("timing/", "perf/")):
+                assert same_number(b[key], value), (key, a["step"], value, b[key])
+    config, rerun = (json.loads((d / "config.json").read_text()) for d in (out, again))
+    assert rerun["run"]["out"] == str(again) and rerun["run_dir"] == str(again)
+    assert rerun["report_to"] == "csv" and not (again / "tensorboard").exists()
+    assert ({k: v for k, v in rerun["run"].items() if k not in ("out", "algo_config")}
+            == {k: v for k, v in config["run"].items() if k not in ("out", "algo_config")})
+    drop = ("run", "run_dir", "report_to")
+    assert {k: v for k, v in rerun.items() if k not in drop} == {k: v for k, v in config.items() if k not in drop}
