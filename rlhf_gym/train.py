@@ -302,7 +302,7 @@ def print_report(before: dict[str, Any], runs: list[tuple[str, dict[str, Any]]],
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(100, min(160, os.get_terminal_size(0).columns if sys.stdout.isatty() else 120)))
+    console = Console(width=max(100, min(160, os.get_terminal_size(0).columns if sys.stdout.isatty() else 160)))
     what = opts.ground_truth or opts.reward
     start = start_label(opts)
     table = Table(title=f"Mean scores of {opts.eval_samples} fresh samples", show_lines=False)
