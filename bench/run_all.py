@@ -232,12 +232,16 @@ def flops_rows(results: dict[str, Any], peak: float | None) -> list[list[str]]:
     """Achieved FLOP/s of every side of every step benchmark, and its fraction of the measured matmul rate."""
     rows = []
     for name, r in results.items():
-        if not isinstance(r, dict) or "flops_per_step" not in r:
+        if not isinstance(r, dict):
             continue
         for side, s in r["sides"].items():
-            rate = r["flops_per_step"] / s["median"]
-            rows.append([name, side, f"{r['flops_per_step'] / 1e9:.2f}", f"{rate / 1e9:.2f}",
-                         f"{rate / peak:.1%}" if peak else "—"])
+            if "flops_per_step" in r and side in r.get("flops_sides", r["sides"]):
+                work, rate = f"{r['flops_per_step'] / 1e9:.2f} G per step", r["flops_per_step"] / s["median"]
+            elif "flops_per_token" in r:  # a rate in tokens/s
+                work, rate = f"{r['flops_per_token'] / 1e6:.2f} M per token", r["flops_per_token"] * s["median"]
+            else:
+                continue
+            rows.append([name, side, work, f"{rate / 1e9:.2f}", f"{rate / peak:.1%}" if peak else "—"])
     return rows
 
 
@@ -329,7 +333,7 @@ def write_report(results: dict[str, Any], memory: dict[str, Any], commands: list
          "1024×1024 products). Each step's useful FLOPs are the same for every side of a benchmark."
          if peak else "Matmul rate not measured."),
         "",
-        table(["benchmark", "side", "GFLOP per step", "GFLOP/s", "of matmul rate"], flops_rows(results, peak)),
+        table(["benchmark", "side", "FLOPs", "GFLOP/s", "of matmul rate"], flops_rows(results, peak)),
         "",
     ]
     ppo = results.get("ppo")

@@ -147,8 +147,9 @@ RUN_ONLY_FIELDS = ("run_dir",)
 
 
 def _from_run_config(data: dict[str, Any]) -> dict[str, Any]:
-    """A run's ``config.json`` (``{"algorithm", <fields>..., "run": {<run options>}}``) as a flat config: the run
-    options and every resolved algorithm field, without what belongs to that run only (its directory)."""
+    """A run's ``config.json`` (``{"algorithm", <fields>..., "run": {<run options>}}``; ``run`` is absent for a run
+    made from Python) as a flat config: the run options and every resolved algorithm field, without what belongs to
+    that run only (its directory)."""
     run = dict(data.get("run") or {})
     flat = {k: v for k, v in run.items() if k not in ("algo_config", "out")}
     flat["algo"] = data.get("algorithm", run.get("algo"))
@@ -165,7 +166,7 @@ def resolve_options(args: argparse.Namespace, extra: list[str]) -> RunOptions:
     """Merge defaults < config file < command line into :class:`RunOptions`."""
     opts = RunOptions()
     data: dict[str, Any] = _read_config_file(args.config) if getattr(args, "config", None) else {}
-    if isinstance(data.get("run"), dict) and "algorithm" in data:  # a run directory's own config.json
+    if "algorithm" in data and isinstance(data.get("run", {}), dict):  # a run directory's own config.json
         data = _from_run_config(data)
     cli = {k: getattr(args, k) for k in RUN_OPTION_HELP if getattr(args, k, None) is not None}
     algo_config: dict[str, Any] = {}

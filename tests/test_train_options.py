@@ -54,3 +54,17 @@ def test_misspelt_config_file_key_gets_a_did_you_mean(suffix, text, capsys, tmp_
     config.write_text(text)
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
     assert "Did you mean --updates?" in capsys.readouterr().err
+
+
+def test_config_json_of_a_python_run_is_read_as_a_run_config(tmp_path):
+    """A config.json written by Python `learn()` (no "run" options) maps "algorithm" to --algo and drops run_dir."""
+    import argparse
+    import json
+
+    from rlhf_gym.train import resolve_options
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"algorithm": "rloo", "run_dir": "/old/run", "group_size": 4, "seed": 2}))
+    args = argparse.Namespace(config=str(path), set=[], beta=None, report_to=None)
+    opts = resolve_options(args, [])
+    assert opts.algo == "rloo" and opts.algo_config == {"group_size": 4, "seed": 2}
