@@ -181,6 +181,11 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory, tiny_kit):
     """One short `rlhf-gym train` run reporting to every built-in tracker, offline: (run dir, tracker dir, output)."""
+    import importlib.util
+
+    missing = [p for p in ("wandb", "mlflow", "trackio") if importlib.util.find_spec(p) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: pip install -e '.[trackers]'")
     tmp = tmp_path_factory.mktemp("tracked")
     out, store = tmp / "run", tmp / "trackers"
     store.mkdir()
