@@ -31,7 +31,7 @@ class OnlineConfig(AlgorithmConfig):
 
     num_prompts: int = hp(16, "distinct prompts sampled per update")
     group_size: int = hp(1, "completions sampled per prompt")
-    beta: float = hp(0.05, "KL coefficient β against the frozen reference (0: no reference model at all)")
+    beta: float = hp(0.05, "KL coefficient β against the frozen reference (0: no penalty; kl_monitor still logs the KL)")
     kl_target: float | None = hp(None, "adaptive KL control: target KL per sequence (None: fixed β)")
     kl_horizon: int = hp(10000, "adaptive KL control horizon, in samples")
     kl_estimator: str = hp("k1", "per-token KL estimator in the penalty and in objective/kl: k1, k2 or k3")
@@ -197,7 +197,7 @@ class OnlineAlgorithm(Algorithm):
 
 
 def parse_kl_monitor(value: str) -> int:
-    """``kl_monitor`` as "measure every N updates" (0: off): ``"reference"`` → 1, ``"every:N"`` → N, ``"off"`` → 0."""
+    """``kl_monitor`` as "measure every N updates" (0: off): ``reference`` → 1, ``every:N`` → N, ``off`` → 0."""
     text = str(value).strip().lower()
     if text in ("reference", "every:1"):
         return 1
