@@ -405,6 +405,17 @@ def resolve_report_to(report_to: str | Iterable[str] | None) -> list[str]:
     return out
 
 
+def check_report_to(report_to: str | Iterable[str] | None) -> list[str]:
+    """:func:`resolve_report_to`, and a missing package reported as one :class:`ConfigError` naming the pip extra,
+    without building anything (so a run can fail before its first minute of work)."""
+    known = registered_trackers()
+    names = resolve_report_to(report_to)
+    for name in names:
+        if isinstance(known[name], type) and issubclass(known[name], Tracker):
+            _require(known[name])
+    return names
+
+
 def make_trackers(report_to: str | Iterable[str] | None, run_dir: str | os.PathLike[str], *,
                   resume: bool = False, start_step: int = 0,
                   states: Mapping[str, Mapping[str, Any]] | None = None) -> list[Tracker]:
@@ -414,10 +425,7 @@ def make_trackers(report_to: str | Iterable[str] | None, run_dir: str | os.PathL
     built; trackers built before a failure are closed again.
     """
     known = registered_trackers()
-    names = resolve_report_to(report_to)
-    for name in names:
-        if isinstance(known[name], type) and issubclass(known[name], Tracker):
-            _require(known[name])
+    names = check_report_to(report_to)
     trackers: list[Tracker] = []
     try:
         for name in names:

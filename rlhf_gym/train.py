@@ -467,7 +467,11 @@ def check_fields(algo: str, algo_cls: Any, fields: dict[str, Any]) -> None:
             f"unknown option --{key.replace('_', '-')} for `rlhf-gym train --algo {algo}` (or key {key!r} of a "
             f"--config file).{hint} `rlhf-gym train --algo {algo} --list-fields` lists every run option and "
             f"algorithm field.")
-    build_config(algo_cls.Config, fields, owner=f"algorithm {algo!r}")
+    config = build_config(algo_cls.Config, fields, owner=f"algorithm {algo!r}")
+    if hasattr(config, "report_to"):  # an unknown tracker or a missing package fails before any work
+        from rlhf_gym.trackers import check_report_to
+
+        check_report_to(config.report_to)
 
 
 def _eval_summary(result: dict[str, Any]) -> dict[str, Any]:

@@ -68,3 +68,8 @@ def test_config_json_of_a_python_run_is_read_as_a_run_config(tmp_path):
     args = argparse.Namespace(config=str(path), set=[], beta=None, report_to=None)
     opts = resolve_options(args, [])
     assert opts.algo == "rloo" and opts.algo_config == {"group_size": 4, "seed": 2}
+
+
+def test_unknown_tracker_fails_before_any_work(tmp_path, capsys):
+    assert main(["train", "--report-to", "csv,wandbb", "--out", str(tmp_path / "run")]) == 2
+    assert "Did you mean 'wandb'" in capsys.readouterr().err and not (tmp_path / "run").exists()
