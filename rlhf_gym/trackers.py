@@ -140,7 +140,9 @@ def _pip_hint(package: str) -> str:
 
 
 class CSVTracker(Tracker):
-    """Metrics as ``metrics.csv`` in the run directory: one row per logged update, a column per metric."""
+    """Metrics as metrics.csv in the run directory.
+
+    One row per logged update, a column per metric (a metric first seen later adds a column)."""
 
     name = "csv"
 
@@ -182,7 +184,9 @@ class CSVTracker(Tracker):
 
 
 class TensorBoardTracker(Tracker):
-    """TensorBoard event files under ``run_dir/tensorboard``: scalars, the config as text, samples as text."""
+    """TensorBoard event files under the run directory's tensorboard/.
+
+    Scalars per metric, the config and the samples as text."""
 
     name = "tensorboard"
     requires = ("tensorboard",)
@@ -219,9 +223,9 @@ class TensorBoardTracker(Tracker):
 
 
 class WandbTracker(Tracker):
-    """Weights & Biases: the config, every metric at its update, and a ``samples`` table of every sample so far.
+    """Weights & Biases (online or WANDB_MODE=offline).
 
-    ``WANDB_PROJECT`` (default ``rlhf_gym``), ``WANDB_MODE=offline`` and ``WANDB_DIR`` (default: the run
+    The config, every metric at its update, and a ``samples`` table of every sample so far. ``WANDB_PROJECT`` (default ``rlhf_gym``), ``WANDB_MODE=offline`` and ``WANDB_DIR`` (default: the run
     directory) are read as wandb reads them; a resumed run continues the same wandb run.
     """
 
@@ -260,8 +264,10 @@ class WandbTracker(Tracker):
 
 
 class MLflowTracker(Tracker):
-    """MLflow: the config as parameters (nested keys joined by '.') and as ``config.json``, every metric at its
-    update, and the samples appended to the ``samples.json`` table artifact.
+    """MLflow, at MLFLOW_TRACKING_URI (a server, a database or a local file store).
+
+    The config as parameters (nested keys joined by '.') and as ``config.json``, every metric at its update, and
+    the samples appended to the ``samples.json`` table artifact.
 
     ``MLFLOW_TRACKING_URI`` (e.g. ``file:/path`` or ``sqlite:///mlflow.db``) and ``MLFLOW_EXPERIMENT_NAME``
     (default ``rlhf_gym``) are read as MLflow reads them; a resumed run continues the same MLflow run.
@@ -323,8 +329,9 @@ class MLflowTracker(Tracker):
 
 
 class TrackioTracker(Tracker):
-    """Trackio (local by default): the config, every metric at its update, and a ``samples`` table of every
-    sample so far. ``TRACKIO_PROJECT`` (default ``rlhf_gym``) and ``TRACKIO_DIR`` are read as trackio reads
+    """Trackio, a local SQLite database by default (or a Hugging Face Space).
+
+    The config, every metric at its update, and a ``samples`` table of every sample so far. ``TRACKIO_PROJECT`` (default ``rlhf_gym``) and ``TRACKIO_DIR`` are read as trackio reads
     them; a resumed run continues the same trackio run."""
 
     name = "trackio"
