@@ -46,13 +46,14 @@ class Bench:
     sides: list[str] = field(default_factory=list)  # sides whose peak RSS is measured alone
     env: dict[str, str] = field(default_factory=dict)
     warmup: int | None = None
+    steps: int | None = None  # at most this many timed steps (a slow benchmark's share of `make bench`)
 
 
 BENCHES = [
     Bench("dpo", "bench_dpo.py", sides=["trl", "rlhf_gym", "floor"], warmup=5),
     Bench("rloo", "bench_rloo.py", ["--algo", "rloo"], sides=["trl", "rlhf_gym", "floor"]),
     Bench("grpo", "bench_rloo.py", ["--algo", "grpo"], sides=["trl", "rlhf_gym", "floor"]),
-    Bench("rloo_mid", "bench_rloo.py", ["--algo", "rloo"], env={"BENCH_SIZE": "mid"}, warmup=1),
+    Bench("rloo_mid", "bench_rloo.py", ["--algo", "rloo"], env={"BENCH_SIZE": "mid"}, warmup=1, steps=5),
     Bench("ppo", "bench_ppo.py"),
     Bench("ppo_mmap", "bench_ppo.py", env=MMAP_ENV),
     Bench("rollout", "bench_rollout.py", sides=["env", "policy_generate", "hf_generate"]),
@@ -120,7 +121,7 @@ def command(bench: Bench, steps: int, warmup: int | None, out: Path, side: str |
     cmd = [sys.executable, str(BENCH_DIR / bench.script), *bench.args, "--json", str(out)]
     if bench.name == "sb3":  # slow (SB3 replays every token): its own step counts, except in a quick check
         return cmd + (["--steps", "1", "--warmup", "0"] if steps < 3 else [])
-    cmd += ["--steps", str(steps)]
+    cmd += ["--steps", str(min(steps, bench.steps or steps))]
     if warmup is not None:
         cmd += ["--warmup", str(warmup)]
     if side is not None:
