@@ -246,7 +246,15 @@ def dataset_prompts(dataset: Any) -> list[str] | None:
     return prompts or None
 
 
-def make_env(opts: RunOptions, policy: Any, prompts: Any):
+def make_reward_provider(opts: RunOptions) -> Any:
+    """The reward provider the run trains on, built here so that bad arguments fail with the provider's own error
+    (not wrapped by the environment's constructor), before any work."""
+    from rlhf_gym.plugins import make_reward
+
+    return make_reward(opts.reward, **(opts.reward_kwargs or {}))
+
+
+def make_env(opts: RunOptions, policy: Any, prompts: Any, reward: Any = None):
     import gymnasium as gym
 
     import rlhf_gym  # noqa: F401  (registers the env ids)
@@ -254,9 +262,10 @@ def make_env(opts: RunOptions, policy: Any, prompts: Any):
     if prompts is None:
         raise ConfigError("pass --prompts FILE (.txt or .jsonl) when training a model of your own (offline DPO reads "
                           "them from its --dataset file)")
-    return gym.make("rlhf_gym/Completion-v0", tokenizer=policy.tokenizer, prompts=prompts, reward=opts.reward,
-                    reward_kwargs=opts.reward_kwargs or None, max_prompt_tokens=opts.max_prompt_tokens,
-                    max_new_tokens=opts.max_new_tokens, vocab_size=policy.vocab_size)
+    return gym.make("rlhf_gym/Completion-v0", tokenizer=policy.tokenizer, prompts=prompts,
+                    reward=reward if reward is not None else make_reward_provider(opts),
+                    max_prompt_tokens=opts.max_prompt_tokens, max_new_tokens=opts.max_new_tokens,
+                    vocab_size=policy.vocab_size)
 
 
 def train_once(opts: RunOptions, run_dir: Path, policy: Any, env: Any, progress: bool, beta: float | None = None,
@@ -386,10 +395,11 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
         return resume(args.resume, opts, progress)
     algo_cls = algorithm_class(opts.algo)  # unknown names fail here, before any work
     check_fields(opts.algo, algo_cls, opts.algo_config)
+    reward = make_reward_provider(opts)
     run_dir = Path(opts.out) if opts.out else default_run_dir(opts.algo)
     run_dir.mkdir(parents=True, exist_ok=True)
     policy, prompts = prepare_policy(opts, run_dir, progress)
-    env = make_env(opts, policy, prompts)
+    env = make_env(opts, policy, prompts, reward)
     before = evaluate(policy, env, num_samples=opts.eval_samples, reward=opts.ground_truth, seed=opts.seed + 999)
     add_trained_reward(before, opts)
     print(f"Before RL: mean {opts.ground_truth or opts.reward} score {before['mean']:.3f}", flush=True)
