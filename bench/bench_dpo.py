@@ -57,10 +57,7 @@ class FloorDPO:
             self.ref = self._logps(reference, self.ids, self.mask, self.loss_mask)
 
     def _logps(self, model: Any, ids: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-        keep = ids.shape[1] - common.PROMPT_TOKENS + 1
-        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits[:, :-1].float()
-        targets = ids[:, common.PROMPT_TOKENS:]
-        token = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+        token = common.floor_token_logps(model, ids, mask, common.PROMPT_TOKENS, ids[:, common.PROMPT_TOKENS:])
         return (token * loss_mask).sum(-1)
 
     def step(self) -> None:

@@ -48,9 +48,7 @@ class FloorOnline:
         self.num_prompts = common.BATCH // common.GROUP
 
     def _token_logps(self, model: Any, ids: torch.Tensor, mask: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
-        t = completion.shape[1]
-        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=t + 1).logits[:, :-1].float()
-        return logits.gather(-1, completion.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+        return common.floor_token_logps(model, ids, mask, ids.shape[1] - completion.shape[1], completion)
 
     def step(self) -> None:
         g, k = self.num_prompts, common.GROUP

@@ -227,6 +227,20 @@ def floor_sample(model: Any, ids: Any, mask: Any, max_new_tokens: int, eos: int,
     return tokens[:, :steps].clone(), cmask[:, :steps].clone(), (logps[:, :steps] * cmask[:, :steps]).clone()
 
 
+def floor_token_logps(model: Any, ids: Any, mask: Any, prompt_len: int, completion: Any) -> Any:
+    """Log-probs of the ``completion`` tokens that follow ``prompt_len`` prompt positions of ``ids``, with the least
+    work: the last token is not fed (it predicts nothing scored), the trunk runs once, the LM head only at the
+    ``T`` positions that predict completion tokens, and no ``(B, T, V)`` log-softmax is kept."""
+    import torch
+
+    ids, mask = ids[:, :-1], mask[:, :-1]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = model.transformer(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+    t = completion.shape[1]
+    logits = model.get_output_embeddings()(hidden[:, prompt_len - 1: prompt_len - 1 + t]).float()
+    return logits.gather(-1, completion.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+
+
 # -- FLOPs ---------------------------------------------------------------------------------------------------------
 
 
