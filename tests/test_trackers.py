@@ -278,3 +278,29 @@ def test_a_runs_own_config_json_reproduces_the_run(tracked_run, tmp_path):
             == {k: v for k, v in config["run"].items() if k not in ("out", "algo_config")})
     drop = ("run", "run_dir", "report_to")
     assert {k: v for k, v in rerun.items() if k not in drop} == {k: v for k, v in config.items() if k not in drop}
+
+
+def test_resumed_run_continues_the_same_mlflow_run(random_model_path, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    uri = f"file:{tmp_path / 'mlruns'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "resume-test")
+    policy = Policy.from_pretrained(random_model_path)
+    env = gym.make("rlhf_gym/Completion-v0", tokenizer=policy.tokenizer, prompts=["a b", "c d e", "f"],
+                   reward=length_reward, max_new_tokens=4, vocab_size=policy.vocab_size)
+    run_dir = tmp_path / "run"
+    config = dict(num_prompts=2, group_size=2, run_dir=str(run_dir), report_to="csv,mlflow")
+    algo = rlhf_gym.make_algorithm("rloo", env=env, policy=policy, **config)
+    algo.learn(2, progress_bar=False)
+    algo.close()
+    resumed = rlhf_gym.plugins.algorithm_class("rloo").load(run_dir / "checkpoints" / "last", env=env)
+    resumed.learn(4, progress_bar=False)
+    resumed.close()
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("resume-test").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "objective/scores")] == [1, 2, 3, 4]
+    assert [int(r["step"]) for r in read_metrics(run_dir)] == [1, 2, 3, 4]
