@@ -96,8 +96,13 @@ def main() -> None:
     activations = activation_bytes(algo)
     budget_mb = (weights + optimizer + activations) / 2**20
     above = peak - baseline
+    context = common.PROMPT_TOKENS + common.NEW_TOKENS
+    epochs = int(algo.config.ppo_epochs)
+    flops = (common.generation_flops(common.BATCH, common.PROMPT_TOKENS, common.NEW_TOKENS)
+             + 2 * common.forward_flops(common.BATCH, context, common.NEW_TOKENS)  # old log-probs/values, reference
+             + epochs * common.training_flops(common.BATCH, context, common.NEW_TOKENS))
     common.emit({
-        "bench": "ppo", "threads": threads, "unit": "s/step",
+        "bench": "ppo", "threads": threads, "unit": "s/step", "flops_per_step": flops, "flops_sides": ["step"],
         "sides": {k: common.summary(v) for k, v in phases.items()},
         "memory": {"peak_rss_mb": peak, "baseline_rss_mb": baseline, "peak_above_baseline_mb": above,
                    "parameters": n_params, "weights_mb": weights / 2**20, "optimizer_state_mb": optimizer / 2**20,

@@ -7,8 +7,12 @@ them with the same trivial reward (completion length), and makes one AdamW step 
 * rlhf_gym RLOO is ``make_algorithm("rloo", ...)``; its step samples through ``Completion-v0``'s vector env.
 * rlhf_gym GRPO is ``make_algorithm("grpo", ...)`` (β = 0: the sampler's log-probs are the old ones, no extra
   forward; group-normalised advantages; clipped objective).
-* The "floor" is the same math in bare torch with HF ``generate()``: sample, decode, score, (reference forward),
-  one policy forward over the completion positions, loss, backward, clip, step.
+* The "floor" is the least work the step can be, in bare torch: sampling over one static key/value buffer with
+  the sampled tokens' log-probs kept (so no old-log-prob forward), decode, score, (reference forward), one policy
+  forward over the completion positions, loss, backward, clip, a fused AdamW step, the fused GELU. rlhf_gym's
+  ratio to it is ≥ 1 by construction; what it is above 1 is the framework's overhead.
+
+``BENCH_SIZE=mid`` runs the same comparison on the ≈ 26M-parameter policy, where compute, not overhead, dominates.
 
 Run: ``python bench/bench_rloo.py --algo rloo|grpo [--steps 7] [--warmup 2] [--json out.json] [--side NAME]``.
 """
@@ -26,15 +30,16 @@ SIDES = ["trl", "rlhf_gym", "floor"]
 
 
 class FloorOnline:
-    """One RLOO or GRPO step in bare torch with HF ``generate()``: the least work the step can be."""
+    """One RLOO or GRPO step in bare torch with static-cache sampling: the least work the step can be."""
 
     def __init__(self, setup: common.BenchSetup, algo: str) -> None:
         self.algo = algo
         self.beta = common.RLOO_BETA if algo == "rloo" else common.GRPO_BETA
         self.tokenizer = setup.tokenizer
-        self.model = setup.load_model()
+        self.model = common.floor_model(setup.load_model())
         self.ref = copy.deepcopy(self.model).eval().requires_grad_(False) if self.beta > 0 else None
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=common.LEARNING_RATE, weight_decay=0.0)
+        self.optimizer = common.floor_optimizer(self.model)
+        self.generator = torch.Generator().manual_seed(common.SEED)
         self.prompts = setup.prompts
         self.ids, self.mask = setup.prompt_batch(self.prompts)  # tokenised once
         self.eos = setup.tokenizer.eos_token_id
@@ -43,9 +48,7 @@ class FloorOnline:
         self.num_prompts = common.BATCH // common.GROUP
 
     def _token_logps(self, model: Any, ids: torch.Tensor, mask: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
-        t = completion.shape[1]
-        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=t + 1).logits[:, :-1].float()
-        return logits.gather(-1, completion.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+        return common.floor_token_logps(model, ids, mask, ids.shape[1] - completion.shape[1], completion)
 
     def step(self) -> None:
         g, k = self.num_prompts, common.GROUP
@@ -53,19 +56,10 @@ class FloorOnline:
         self.cursor = (self.cursor + g) % len(self.prompts)
         ids = self.ids[rows].repeat_interleave(k, 0)
         mask = self.mask[rows].repeat_interleave(k, 0)
-        # -- sample ---------------------------------------------------------------------------------------
-        self.model.eval()
-        with torch.no_grad():
-            out = self.model.generate(
-                input_ids=ids, attention_mask=mask, do_sample=True, max_new_tokens=common.NEW_TOKENS, top_k=0,
-                top_p=1.0, temperature=1.0, pad_token_id=self.pad, eos_token_id=self.eos,
-            )
-        self.model.train()
-        completion = out[:, ids.shape[1]:]
-        is_eos = completion == self.eos
-        first = torch.where(is_eos.any(1), is_eos.int().argmax(1), completion.shape[1])
-        cmask = (torch.arange(completion.shape[1]).unsqueeze(0) <= first.unsqueeze(1)).long()
-        completion = completion.masked_fill(cmask == 0, self.pad)
+        # -- sample (log-probs of the sampled tokens come with them) ----------------------------------------
+        completion, cmask, old = common.floor_sample(self.model, ids, mask, common.NEW_TOKENS, self.eos, self.pad,
+                                                     self.generator)
+        out = torch.cat([ids, completion], 1)
         texts = self.tokenizer.batch_decode(completion, skip_special_tokens=True)
         scores = torch.tensor(common.length_reward([self.prompts[int(r)] for r in rows.repeat_interleave(k)], texts))
         full_mask = torch.cat([mask, cmask], 1)
@@ -81,11 +75,11 @@ class FloorOnline:
         if self.algo == "rloo":
             adv = (grouped - (grouped.sum(1, keepdim=True) - grouped) / (k - 1)).reshape(-1)
             seq = (logps * fmask).sum(1)
-            ratio = torch.exp(seq - seq.detach())
+            ratio = torch.exp(seq - (old * fmask).sum(1))
             loss = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean()
         else:
             adv = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).reshape(-1, 1)
-            ratio = torch.exp(logps - logps.detach())
+            ratio = torch.exp(logps - old)
             per_token = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv)
             loss = (per_token * fmask).sum() / fmask.sum().clamp(min=1.0)
         loss.backward()
@@ -102,6 +96,7 @@ def rlhf_gym_step(setup: common.BenchSetup, algo: str) -> Any:
         algo, env=setup.completion_env(common.BATCH, common.GROUP), policy=setup.load_policy(),
         num_prompts=common.BATCH // common.GROUP, group_size=common.GROUP,
         beta=common.RLOO_BETA if algo == "rloo" else common.GRPO_BETA,
+        kl_monitor="off",  # TRL measures no KL at β = 0 either: the same work on both sides
         learning_rate=common.LEARNING_RATE, max_grad_norm=common.MAX_GRAD_NORM, seed=common.SEED,
     ).train_step
 
@@ -151,7 +146,11 @@ def main() -> None:
         floor = FloorOnline(setup, algo).step
         trainer = trl_trainer(setup, algo, out, total)
         times = common.trl_interleaved(trainer, "trl", {"rlhf_gym": ours, "floor": floor}, args.warmup, args.steps)
-    common.emit({"bench": algo, "threads": threads, "unit": "s/step",
+    context = common.PROMPT_TOKENS + common.NEW_TOKENS
+    flops = (common.generation_flops(common.BATCH, common.PROMPT_TOKENS, common.NEW_TOKENS)
+             + common.training_flops(common.BATCH, context, common.NEW_TOKENS)
+             + (common.forward_flops(common.BATCH, context, common.NEW_TOKENS) if algo == "rloo" else 0.0))
+    common.emit({"bench": algo, "threads": threads, "unit": "s/step", "size": common.SIZE, "flops_per_step": flops,
                  "sides": {k: common.summary(v) for k, v in times.items()}, "raw": times}, args.json)
 
 

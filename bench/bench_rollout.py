@@ -87,7 +87,9 @@ def main() -> None:
         common.emit({"bench": "rollout", **common.side_memory(args.side, baseline)}, args.json)
         return
     rates = {n: [tk / t for tk, t in zip(tokens[n][args.warmup:], times[n])] for n in sides}
-    common.emit({"bench": "rollout", "threads": threads, "unit": "tokens/s",
+    per_token = common.generation_flops(common.BATCH, common.PROMPT_TOKENS, common.NEW_TOKENS) / (
+        common.BATCH * common.NEW_TOKENS)
+    common.emit({"bench": "rollout", "threads": threads, "unit": "tokens/s", "flops_per_token": per_token,
                  "sides": {n: common.summary(r) for n, r in rates.items()},
                  "step_s": {n: common.summary(t) for n, t in times.items()}, "raw": rates}, args.json)
 

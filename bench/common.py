@@ -1,8 +1,10 @@
 """The one fixed setup every benchmark times, and the timing, memory and reporting helpers they share.
 
-Every benchmark in ``bench/`` measures rlhf_gym against a reference (TRL, raw ``generate()``, or the same tensor
-work written in bare torch) on exactly the same work: the tiny kit's tokenizer, a randomly initialised GPT-2 with
-4 layers, 256 dims, 4 heads and a 2048-token head, 64 prompts of 16 tokens, batches of 16 and 32 new tokens. This
+Every benchmark in ``bench/`` measures rlhf_gym against a reference (TRL, raw ``generate()``, or the least work
+the step can be, written in bare torch) on exactly the same work: the tiny kit's tokenizer, a randomly initialised
+GPT-2 with 4 layers, 256 dims, 4 heads (``BENCH_SIZE=mid``: 8 layers, 512 dims, 8 heads) and a 2048-token head, 64
+prompts of 16 tokens, batches of 16 and 32 new tokens. It also counts each step's FLOPs, so achieved FLOP/s can be
+set against the machine's measured matmul rate. This
 module builds that setup once per process (weights saved and loaded back with ``from_pretrained``, so every side
 starts from identical weights), runs the sides interleaved (A B A B ...) so machine load hits both alike, and
 writes each benchmark's figures as JSON for ``run_all.py`` to turn into ``RESULTS.md``.
@@ -27,9 +29,13 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 
 # -- the fixed setup -------------------------------------------------------------------------------------------
-N_LAYER = 4
-N_EMBD = 256
-N_HEAD = 4
+#: policy sizes: ``small`` (≈ 3.7M parameters, overhead matters) and ``mid`` (≈ 26M, compute dominates); chosen by
+#: ``$BENCH_SIZE`` so one script serves both
+SIZES = {"small": (4, 256, 4), "mid": (8, 512, 8)}
+SIZE = os.environ.get("BENCH_SIZE", "small")
+if SIZE not in SIZES:
+    raise SystemExit(f"BENCH_SIZE must be one of {', '.join(SIZES)}, got {SIZE!r}")
+N_LAYER, N_EMBD, N_HEAD = SIZES[SIZE]
 VOCAB = 2048
 NUM_PROMPTS = 64
 PROMPT_TOKENS = 16
@@ -159,6 +165,123 @@ def build_setup(workdir: str | os.PathLike[str] | None = None) -> BenchSetup:
         data = {"prompts": prompts, "pairs": pairs}
         data_file.write_text(json.dumps(data, indent=1) + "\n")
     return BenchSetup(str(model_dir), tokenizer, data["prompts"], data["pairs"])
+
+
+# -- the least work a step can be -------------------------------------------------------------------------------
+
+
+def floor_model(model: Any) -> Any:
+    """``model`` with the kernels any careful bare-torch loop would use: the fused tanh-GELU (the same function as
+    GPT-2's ``gelu_new``), so the floor is never slower than rlhf_gym for a kernel it lacks."""
+    from rlhf_gym.decoding import fuse_activations
+
+    fuse_activations(model)
+    return model
+
+
+def floor_optimizer(model: Any) -> Any:
+    """AdamW with torch's fused kernel where the build has it (the fastest exact AdamW step)."""
+    from rlhf_gym.algorithm import make_adamw
+
+    return make_adamw([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE, weight_decay=0.0)
+
+
+def floor_sample(model: Any, ids: Any, mask: Any, max_new_tokens: int, eos: int, pad: int,
+                 generator: Any = None) -> tuple[Any, Any, Any]:
+    """Sample with one static key/value buffer (no per-step allocation or mask building), one uniform per row per
+    token, returning ``(completion ids, completion mask, sampled-token log-probs)``: the least work sampling can
+    be, so no extra forward is needed for the old log-probs."""
+    import torch
+
+    from rlhf_gym.decoding import sample_tokens, static_decoder_for
+
+    batch, prompt_len = ids.shape
+    full = torch.ones(batch, prompt_len + max_new_tokens, dtype=mask.dtype)
+    full[:, :prompt_len] = mask
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    decoder = static_decoder_for(model.transformer, batch, full.shape[1], full)
+    if decoder is None:
+        raise RuntimeError("the floor needs a trunk the static decoder supports (GPT-2)")
+    tokens = torch.full((batch, max_new_tokens), pad, dtype=torch.long)
+    cmask = torch.zeros((batch, max_new_tokens), dtype=torch.long)
+    logps = torch.zeros((batch, max_new_tokens))
+    done = torch.zeros(batch, dtype=torch.bool)
+    head = model.get_output_embeddings()
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        hidden = decoder.prefill(ids, positions)
+        steps = 0
+        for t in range(max_new_tokens):
+            logits = head(hidden).float()
+            token = sample_tokens(logits, generator)
+            logps[:, t] = (logits.gather(-1, token.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1))
+            cmask[:, t] = (~done).long()
+            tokens[:, t] = torch.where(done, torch.tensor(pad), token)
+            done |= token == eos
+            steps = t + 1
+            if bool(done.all()) or steps == max_new_tokens:
+                break
+            hidden = decoder.step(tokens[:, t], positions[:, -1] + 1 + t, prompt_len + t)
+    model.train(was_training)
+    return tokens[:, :steps].clone(), cmask[:, :steps].clone(), (logps[:, :steps] * cmask[:, :steps]).clone()
+
+
+def floor_token_logps(model: Any, ids: Any, mask: Any, prompt_len: int, completion: Any) -> Any:
+    """Log-probs of the ``completion`` tokens that follow ``prompt_len`` prompt positions of ``ids``, with the least
+    work: the last token is not fed (it predicts nothing scored), the trunk runs once, the LM head only at the
+    ``T`` positions that predict completion tokens, and no ``(B, T, V)`` log-softmax is kept."""
+    import torch
+
+    ids, mask = ids[:, :-1], mask[:, :-1]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = model.transformer(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+    t = completion.shape[1]
+    logits = model.get_output_embeddings()(hidden[:, prompt_len - 1: prompt_len - 1 + t]).float()
+    return logits.gather(-1, completion.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+
+
+# -- FLOPs ---------------------------------------------------------------------------------------------------------
+
+
+def forward_flops(rows: int, context: int, head_positions: int) -> float:
+    """Multiply-add FLOPs (2 per MAC) of one forward of the benchmark GPT-2 over ``rows`` sequences of ``context``
+    tokens, with the LM head applied at ``head_positions`` of them: 12·L·d² weights per token in the blocks,
+    Q·Kᵀ and A·V over the causal context (half of the square), and d·V per head position."""
+    blocks = 2 * rows * context * 12 * N_LAYER * N_EMBD**2
+    attention = 2 * 2 * rows * N_LAYER * N_EMBD * context * (context + 1) / 2
+    head = 2 * rows * head_positions * N_EMBD * VOCAB
+    return float(blocks + attention + head)
+
+
+def generation_flops(rows: int, prompt: int, new: int) -> float:
+    """FLOPs of sampling ``new`` tokens for ``rows`` prompts of ``prompt`` tokens with a KV cache: the prefill,
+    then one token per step attending over the cached context, the LM head at every sampled position."""
+    prefill = forward_flops(rows, prompt, 1)
+    per_token = sum(2 * rows * 12 * N_LAYER * N_EMBD**2 + 2 * 2 * rows * N_LAYER * N_EMBD * (prompt + t + 1)
+                    + 2 * rows * N_EMBD * VOCAB for t in range(new - 1))
+    return float(prefill + per_token)
+
+
+def training_flops(rows: int, context: int, head_positions: int) -> float:
+    """Forward + backward (≈ 2 × forward) of the policy."""
+    return 3 * forward_flops(rows, context, head_positions)
+
+
+def matmul_peak(threads: int, n: int = 1024, repeats: int = 5) -> float:
+    """This machine's fp32 matmul rate in FLOP/s with ``threads`` threads: the best of ``repeats`` ``n×n·n×n``
+    products, the physical limit every step's achieved FLOP/s is measured against."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
 
 # -- process settings and memory -----------------------------------------------------------------------------

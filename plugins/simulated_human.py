@@ -26,7 +26,14 @@ import numpy as np
 
 import rlhf_gym
 from rlhf_gym.errors import ConfigError, UnknownNameError, unknown_name_message
-from rlhf_gym.ground_truth import GroundTruth, GroundTruthReward, WeightedTruth, get_ground_truth, word_counts
+from rlhf_gym.ground_truth import (
+    GroundTruth,
+    GroundTruthReward,
+    WeightedTruth,
+    get_ground_truth,
+    no_range_message,
+    word_counts,
+)
 from rlhf_gym.providers import RewardProvider, Score
 
 #: BPref's simulated teachers, on normalised scores. Explicit keyword arguments override a preset's values.
@@ -92,7 +99,9 @@ class SimulatedHuman(RewardProvider):
 
     Args:
         ground_truth: what the annotator judges by; anything :func:`rlhf_gym.ground_truth.get_ground_truth`
-            accepts (a name, a dict, a callable, a list of ``(truth, weight)`` pairs).
+            accepts (a built-in truth's or any registered reward provider's name, a dict, a callable, a list of
+            ``(truth, weight)`` pairs). A provider without a declared range needs ``ground_truth_kwargs={"low": …,
+            "high": …}``: the range sets the noise level, since β and ε act on scores mapped onto ``[0, 1]``.
         preset: ``"oracle"``, ``"noisy"``, ``"mistake"``, ``"equal"`` or ``"skip"`` (see :data:`PRESETS`);
             ``None`` is the oracle. Explicit arguments override the preset.
         beta: rationality β ≥ 0 on normalised scores; ``float("inf")`` always picks the better completion.
@@ -105,7 +114,8 @@ class SimulatedHuman(RewardProvider):
         seed: seeds the generator (an int or a ``numpy.random.SeedSequence``); ``None`` draws fresh entropy, and
             the annotator is then not reproducible (``deterministic`` is False).
         normalize: ``"range"`` (above) or ``"none"`` (β and thresholds in the truth's own units).
-        ground_truth_kwargs: constructor arguments for a ground truth given by name.
+        ground_truth_kwargs: constructor arguments for a ground truth given by name (for a provider: its own
+            arguments plus ``low``/``high``, the range of its scores).
 
     Example:
         >>> human = SimulatedHuman("sentiment", preset="oracle")
@@ -159,10 +169,7 @@ class SimulatedHuman(RewardProvider):
         if normalize not in NORMALIZATIONS:
             raise ConfigError(unknown_name_message("normalisation", str(normalize), NORMALIZATIONS))
         if normalize == "range" and not self.truth.has_range:
-            raise ConfigError(
-                f"ground truth {self.truth.name!r} has no known range, so normalize='range' cannot map it onto "
-                f"[0, 1]; declare its range (e.g. CallableTruth(fn, low=0.0, high=1.0)) or pass normalize='none'"
-            )
+            raise ConfigError(no_range_message(self.truth.name))
         self.normalize = normalize
         if normalize == "range":
             self.rating_range: tuple[float, float] | None = (0.0, 1.0)

@@ -79,7 +79,11 @@ class AlgorithmConfig:
            "the end)"
     )
     run_dir: str | None = hp(None, "run directory for metrics.csv, TensorBoard, samples and checkpoints (None: none)")
-    tensorboard: bool = hp(True, "write TensorBoard event files into the run directory")
+    tensorboard: bool = hp(True, "write TensorBoard event files into the run directory (with report_to=None)")
+    report_to: str | list[str] | None = hp(
+        None, "experiment trackers, comma-separated: csv, tensorboard, wandb, mlflow, trackio, a plugin's; "
+        "'none'; 'all' (the installed ones); None: csv,tensorboard"
+    )
     true_reward: str | None = hp(
         None, "provider name of a ground truth logged as objective/true_scores next to the proxy reward"
     )
@@ -284,6 +288,7 @@ class Algorithm:
                 self.config.run_dir,
                 config={"algorithm": self.name, **config_to_dict(self.config), **self.run_info},
                 tensorboard=self.config.tensorboard,
+                report_to=self.config.report_to,
                 append=resumed,
                 start_step=self.num_updates,
             )

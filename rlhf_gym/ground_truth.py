@@ -13,6 +13,7 @@ name                  value                                                range
 ``length``            ``-min(|n - target| / target, 1)``, n = length         ``[-1, 0]``
 ``keyword``           presence (1/0) or count of words / regex matches     ``[0, 1]`` / per word
 ``callable``          any ``f(prompts, completions) -> list[float]``        as declared
+any provider name     a registered reward provider's score (a plugin's)    ``low``/``high`` given
 ``weighted``          ``Σ wᵢ · truthᵢ``                                    from the parts
 ====================  ===================================================  ===================
 
@@ -80,10 +81,7 @@ class GroundTruth:
         divided by the number of words (at least 1) first.
         """
         if not self.has_range:
-            raise ConfigError(
-                f"ground truth {self.name!r} has no known range, so it cannot be normalised to [0, 1]; declare "
-                f"one (e.g. CallableTruth(fn, low=0.0, high=1.0)) or use normalize='none'"
-            )
+            raise ConfigError(no_range_message(self.name))
         raw = np.asarray(raw, dtype=np.float64)
         if self.per_token:
             raw = raw / np.maximum(word_counts(completions), 1.0)
@@ -103,6 +101,16 @@ class GroundTruth:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, range=[{self.low}, {self.high}])"
+
+
+def no_range_message(name: str) -> str:
+    """The error for a truth whose range is unknown where one is needed, naming the argument that declares it."""
+    return (
+        f"ground truth {name!r} has no known range, so its scores cannot be mapped onto [0, 1]; pass "
+        f'ground_truth_kwargs={{"low": …, "high": …}} (its smallest and largest score; in a simulated human this '
+        f"range sets the annotator's noise level, since beta, epsilon and the thresholds act on scores mapped from "
+        f"[low, high] onto [0, 1]), or normalize='none' to apply them in the truth's own units"
+    )
 
 
 def checked_values(truth: Any, values: Any, expected: int) -> np.ndarray:
@@ -311,6 +319,42 @@ class CallableTruth(GroundTruth):
         return checked_values(self, out, len(completions))
 
 
+class ProviderTruth(CallableTruth):
+    """Any registered reward provider (a plugin's too) as a ground truth, by name.
+
+    The range comes from ``low``/``high`` when given, else from the provider's own ``low``/``high`` attributes
+    when it declares them; a provider that leaves a completion unscored (``None``) is an error, since a ground
+    truth scores everything.
+
+    Args:
+        name: the registered provider name (``rlhf-gym plugins --kind reward`` lists them).
+        low, high, per_token: as for :class:`CallableTruth`.
+        **provider_kwargs: the provider's own constructor arguments.
+    """
+
+    def __init__(self, name: str, low: float | None = None, high: float | None = None, per_token: bool = False,
+                 **provider_kwargs: Any):
+        from rlhf_gym.plugins import make_reward
+
+        try:
+            self.provider = make_reward(name, **provider_kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"reward provider {name!r} as a ground truth got arguments {sorted(provider_kwargs)} "
+                              f"it does not take ({exc}); give only its own arguments beside low/high") from None
+        low = getattr(self.provider, "low", None) if low is None else low
+        high = getattr(self.provider, "high", None) if high is None else high
+        super().__init__(self._score, low=low, high=high, per_token=per_token, name=name)
+
+    def _score(self, prompts: list[str], completions: list[str]) -> list[float]:
+        from rlhf_gym.providers import checked_scores
+
+        scores = checked_scores(self.provider, self.provider.score(prompts, completions), len(completions))
+        if any(s is None for s in scores):
+            raise RewardError(f"reward provider {self.name!r} left a completion unscored (None); a ground truth "
+                              f"must score every completion")
+        return [float(s) for s in scores]  # type: ignore[arg-type]
+
+
 class WeightedTruth(GroundTruth):
     """``Σ wᵢ · truthᵢ`` over several truths, e.g. an annotator who cares 70 % about tone and 30 % about length.
 
@@ -381,7 +425,15 @@ GROUND_TRUTHS: Mapping[str, type[GroundTruth]] = MappingProxyType(
 
 def _build(name: str, kwargs: Mapping[str, Any]) -> GroundTruth:
     if name not in GROUND_TRUTHS:
-        raise UnknownNameError(unknown_name_message("ground truth", name, GROUND_TRUTHS))
+        from rlhf_gym.plugins import list_plugins
+
+        providers = {e.name for e in list_plugins("reward")}
+        if name in providers:
+            return ProviderTruth(name, **kwargs)
+        raise UnknownNameError(unknown_name_message(
+            "ground truth", name, set(GROUND_TRUTHS) | providers,
+            "A ground truth is one of the built-in truths or any registered reward provider "
+            "(`rlhf-gym plugins --kind reward`)."))
     cls = GROUND_TRUTHS[name]
     try:
         inspect.signature(cls).bind(**kwargs)
@@ -396,7 +448,8 @@ def _build(name: str, kwargs: Mapping[str, Any]) -> GroundTruth:
 def get_ground_truth(spec: Any, **kwargs: Any) -> GroundTruth:
     """Resolve a ground-truth spec.
 
-    Accepts a name (``"sentiment"``, ``"length"``, ``"keyword"``, with ``kwargs`` for its constructor), a dict
+    Accepts a name (``"sentiment"``, ``"length"``, ``"keyword"``, with ``kwargs`` for its constructor, or any
+    registered reward provider's, a plugin's too: a :class:`ProviderTruth` whose range is ``low``/``high``), a dict
     ``{"name": "keyword", "words": ["great"]}``, a :class:`GroundTruth`, a list of ``(spec, weight)`` pairs (a
     :class:`WeightedTruth`), or a TRL-style callable ``f(prompts, completions) -> list[float]`` (a
     :class:`CallableTruth`; ``kwargs`` such as ``low``/``high`` go to it).

@@ -1,5 +1,5 @@
-"""Hook specifications: the extension points of rlhf_gym (reward providers, algorithms, user simulators,
-environments).
+"""Hook specifications: the extension points of rlhf_gym (reward providers, algorithms, trackers, user
+simulators, environments).
 
 A plugin is any module or object with functions marked ``@rlhf_gym.hookimpl`` whose names match the specs
 below. Installed distributions expose plugins through the ``rlhf_gym`` entry-point group::
@@ -7,7 +7,8 @@ below. Installed distributions expose plugins through the ``rlhf_gym`` entry-poi
     [project.entry-points.rlhf_gym]
     keyword = "rlhf_keyword"
 
-The built-in reward providers, algorithms and user simulators are registered through exactly these hooks.
+The built-in reward providers, algorithms, trackers and user simulators are registered through exactly these
+hooks.
 """
 
 from __future__ import annotations
@@ -50,6 +51,21 @@ def register_algorithms(register: Register) -> None:
         @rlhf_gym.hookimpl
         def register_algorithms(register):
             register("my-algo", MyAlgorithm)
+    """
+
+
+@hookspec
+def register_trackers(register: Register) -> None:
+    """Register experiment trackers (the names ``report_to`` / ``--report-to`` accept).
+
+    ``register(name, tracker_class)`` takes a :class:`rlhf_gym.trackers.Tracker` subclass: built with the run
+    directory, it receives ``log_config``, ``log_metrics``, ``log_samples`` and ``close``.
+
+    Example::
+
+        @rlhf_gym.hookimpl
+        def register_trackers(register):
+            register("my-service", MyTracker)
     """
 
 

@@ -46,10 +46,14 @@ class OnlineConfig(AlgorithmConfig):
 
     num_prompts: int = hp(16, "distinct prompts sampled per update")
     group_size: int = hp(1, "completions sampled per prompt")
-    beta: float = hp(0.05, "KL coefficient β against the frozen reference (0: no reference model at all)")
+    beta: float = hp(0.05, "KL coefficient β against the frozen reference (0: no penalty; kl_monitor still logs the KL)")
     kl_target: float | None = hp(None, "adaptive KL control: target KL per sequence (None: fixed β)")
     kl_horizon: int = hp(10000, "adaptive KL control horizon, in samples")
-    kl_estimator: str = hp("k1", "per-token KL estimator in the penalty: k1, k2 or k3")
+    kl_estimator: str = hp("k1", "per-token KL estimator in the penalty and in objective/kl: k1, k2 or k3")
+    kl_monitor: str = hp(
+        "reference", "with beta=0, how objective/kl is still measured against the starting policy: 'reference' "
+        "(a frozen copy, every update), 'every:N' (the same copy, every N updates) or 'off' (not logged)"
+    )
     missing_eos_penalty: float | None = hp(None, "subtract this from the score of completions that never end")
     normalize_rewards: bool = hp(False, "standardise scores with running mean/std before use")
     reward_clip: float | None = hp(None, "clip (normalised) scores to ±this")
@@ -83,6 +87,8 @@ class Batch:
     kl: torch.Tensor
     #: old values (B, T) when asked for
     values: torch.Tensor | None = None
+    #: whether ``kl`` was measured this batch (False: no reference to measure against; ``kl`` is then zeros)
+    kl_measured: bool = True
 
     @property
     def mask(self) -> torch.Tensor:
@@ -103,8 +109,12 @@ class OnlineAlgorithm(Algorithm):
         cfg = self.config
         self.rollouts = self._rollout_worker(cfg.seed)
         self.kl_ctl = make_kl_controller(cfg.beta, cfg.kl_target, cfg.kl_horizon)
-        # The reference is a frozen copy of the policy as it is now; skipped entirely when β = 0.
+        # The reference is a frozen copy of the policy as it is now. With β = 0 no penalty needs it, but the KL to
+        # the starting policy is still measured (kl_monitor) against the same copy, never reported as a fake 0.
+        self.kl_monitor_every = parse_kl_monitor(cfg.kl_monitor)
         self.reference = self.build_reference() if cfg.beta > 0 else None
+        self.monitor_reference = (self.build_reference() if self.reference is None and self.kl_monitor_every
+                                  else None)
         self.reward_moments = RunningMoments()
 
     def _rollout_worker(self, seed: int) -> Any:
@@ -135,12 +145,17 @@ class OnlineAlgorithm(Algorithm):
         else:
             logprobs = rollout.logprobs
         ref_logprobs = None
-        if self.reference is not None:
-            ref_logprobs = self.reference.logprobs(*args, temperature=self.config.temperature)
+        reference = self.reference
+        if reference is None and self.monitor_reference is not None and self.num_updates % self.kl_monitor_every == 0:
+            reference = self.monitor_reference
+        if reference is not None:
+            ref_logprobs = reference.logprobs(*args, temperature=self.config.temperature)
             kl = torch.where(rollout.completion_mask.bool(), kl_estimate(logprobs, ref_logprobs, self.config.kl_estimator),
                              torch.zeros((), dtype=logprobs.dtype))
         else:
             kl = torch.zeros_like(logprobs)
+        if self.reference is None:  # measured for the logs only: the update sees no reference
+            ref_logprobs = None
         rollout.timing["forward"] = time.perf_counter() - start
         scores = rollout.scores.clone()
         valid = rollout.score_mask.clone()
@@ -154,7 +169,7 @@ class OnlineAlgorithm(Algorithm):
         shaped = torch.where(valid, shaped, torch.zeros_like(shaped))
         self.policy.train()
         return Batch(rollout=rollout, scores=shaped, raw_scores=scores, valid=valid, logprobs=logprobs,
-                     ref_logprobs=ref_logprobs, kl=kl, values=values)
+                     ref_logprobs=ref_logprobs, kl=kl, values=values, kl_measured=reference is not None)
 
     @staticmethod
     def has_scores(batch: Batch) -> bool:
@@ -204,8 +219,6 @@ class OnlineAlgorithm(Algorithm):
         seq_kl = batch.sequence_kl
         beta = self.kl_ctl.value
         metrics = {
-            "objective/kl": float(seq_kl.mean()),
-            "objective/non_score_reward": float(-beta * seq_kl.mean()),
             "objective/beta": float(beta),
             "completions/mean_length": float(r.completion_mask.sum(-1).float().mean()),
             "completions/eos_fraction": float(r.has_eos.float().mean()),
@@ -220,6 +233,9 @@ class OnlineAlgorithm(Algorithm):
         if hasattr(provider, "last_call_timed_out"):  # a provider with a time limit (rlhf_gym.provider_timeout)
             metrics["batch/timed_out"] = float(bool(provider.last_call_timed_out))
             metrics["provider/timeouts"] = float(provider.timeouts)
+        if batch.kl_measured:  # never a 0 standing in for a KL nobody measured
+            metrics["objective/kl"] = float(seq_kl.mean())
+            metrics["objective/non_score_reward"] = float(-beta * seq_kl.mean())
         if raw.numel():
             metrics["objective/scores"] = float(raw.mean())
             metrics["objective/rlhf_reward"] = float((batch.raw_scores - beta * seq_kl)[valid].mean())
@@ -261,6 +277,9 @@ class OnlineAlgorithm(Algorithm):
     def load_files(self, path: Path) -> None:
         if self.reference is not None:
             self.reference = self.policy.load_reference(path / "reference")
+        elif self.monitor_reference is not None:
+            self.monitor_reference = self.policy.load_reference(path / "reference")
+
 
     @classmethod
     def check_overrides(cls, saved: dict[str, Any], changed: dict[str, Any], where: Path) -> None:
@@ -278,3 +297,20 @@ class OnlineAlgorithm(Algorithm):
             # A new β starts from the value given; a new target or horizon continues from the current β.
             beta = cfg.beta if "beta" in changed or cfg.beta == 0 else self.kl_ctl.value
             self.kl_ctl = make_kl_controller(beta, cfg.kl_target, cfg.kl_horizon)
+
+
+def parse_kl_monitor(value: str) -> int:
+    """``kl_monitor`` as "measure every N updates" (0: off): ``reference`` → 1, ``every:N`` → N, ``off`` → 0."""
+    text = str(value).strip().lower()
+    if text in ("reference", "every:1"):
+        return 1
+    if text in ("off", "none", ""):
+        return 0
+    if text.startswith("every:"):
+        try:
+            every = int(text[len("every:"):])
+        except ValueError:
+            every = 0
+        if every >= 1:
+            return every
+    raise ConfigError(f"kl_monitor must be 'reference', 'every:N' (N ≥ 1 updates) or 'off', got {value!r}")

@@ -47,12 +47,14 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "rlhf_gym_plugins.dpo",
     "rlhf_gym_plugins.sft",
     "rlhf_gym_plugins.sb3_algorithms",
+    "rlhf_gym_plugins.trackers",
     "rlhf_gym_plugins.user_simulators",
 )
 
 KINDS = {
     "reward": "register_reward_providers",
     "algorithm": "register_algorithms",
+    "tracker": "register_trackers",
     "user-simulator": "register_user_simulators",
     "environment": "register_environments",
 }
@@ -67,7 +69,7 @@ class PluginEntry:
     """One registered name."""
 
     name: str
-    kind: str  #: ``"reward"`` or ``"algorithm"``
+    kind: str  #: ``"reward"``, ``"algorithm"`` or ``"tracker"``
     obj: Any  #: the class or factory
     plugin: str  #: the plugin (module or entry-point name) that registered it
     distribution: str  #: the distribution it came from (``rlhf_gym`` for built-ins, ``<runtime>`` for objects)
@@ -294,7 +296,7 @@ def get_entry(kind: str, name: str) -> PluginEntry:
             "Install the plugin that provides it, or check that it is not disabled by "
             f"{DISABLE_ENV_VAR}; `rlhf-gym plugins` lists what is available."
         )
-        label = "reward provider" if kind == "reward" else "algorithm"
+        label = {"reward": "reward provider"}.get(kind, kind)
         raise UnknownNameError(unknown_name_message(label, name, entries, hint))
     return entries[name]
 

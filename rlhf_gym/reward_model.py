@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlhf_gym.config import build_config, config_to_dict, field_help, hp
+from rlhf_gym.config import build_config, config_to_dict, field_help, hp, parse_json_object
 from rlhf_gym.devices import autocast, check_precision, make_grad_scaler, resolve_device, resolve_dtype
 from rlhf_gym.errors import ConfigError, RLHFGymError
 
@@ -719,6 +719,8 @@ def train_reward_model(
     progress: bool = True,
     *,
     eval_data: Any = None,
+    ground_truth: Any = None,
+    ground_truth_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[RewardModel, dict[str, float]]:
     """Train a Bradley–Terry reward model (or an ensemble) on preference pairs.
 
@@ -731,6 +733,9 @@ def train_reward_model(
         progress: show a progress bar.
         eval_data: held-out pairs in any form ``data`` accepts; when given, every pair of ``data`` is trained on and
             ``eval_fraction`` is ignored.
+        ground_truth: the objective behind the labels, when known (a truth or reward provider name, spec or
+            callable; ``ground_truth_kwargs`` for its constructor): adds the agreement of the model and of the
+            labels with it and the fraction of training pairs it ties (see :mod:`rlhf_gym.rm_report`).
 
     Returns:
         ``(model, metrics)``: metrics on the held-out pairs (``accuracy``, ``margin``, ``loss``,
@@ -784,6 +789,10 @@ def train_reward_model(
                     "num_eval_pairs": float(len(eval_pairs)), "train_seconds": elapsed})
     if not eval_pairs:  # still report training-set figures, marked as such
         metrics.update({f"train_{k}": v for k, v in evaluate_pairs(model, train_pairs[:2048], batch).items()})
+    if ground_truth is not None:
+        from rlhf_gym.rm_report import truth_report
+
+        metrics.update(truth_report(model, train_pairs, eval_pairs, ground_truth, batch, **(ground_truth_kwargs or {})))
 
     # Reward statistics of training completions: the default calibration of the learned-rm provider.
     calib = train_pairs[:512]
@@ -817,7 +826,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder to save the reward model in")
     parser.add_argument("--eval-data", default=None,
                         help="held-out pairs (same formats as --data); replaces the --eval-fraction split")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="hide the progress bars (transformers' and the Hugging Face hub's included)")
+    parser.add_argument("--ground-truth", default=None, metavar="NAME",
+                        help="the objective behind the labels, when known (a ground truth or any reward provider "
+                             "name): report the model's and the labels' agreement with it on held-out pairs, and "
+                             "warn when most training pairs are ties on it")
+    parser.add_argument("--ground-truth-kwargs", default=None, metavar="JSON",
+                        help="JSON object of arguments for --ground-truth, e.g. '{\"target\": 12}'")
     helps = field_help(RewardModelConfig)
     defaults = {f.name: f.default for f in dataclasses.fields(RewardModelConfig)}
     for name, text in helps.items():
@@ -833,8 +849,18 @@ def run(args: argparse.Namespace) -> int:
         config = build_config(RewardModelConfig, overrides, owner="train-rm")
         if not config.backbone:
             raise ConfigError("train-rm needs --backbone: the folder of a Hugging Face model, or 'minilm'")
+        truth_kwargs = parse_json_object(args.ground_truth_kwargs, "--ground-truth-kwargs")
+        if args.ground_truth:  # an unknown name fails before any training
+            from rlhf_gym.ground_truth import get_ground_truth
+
+            get_ground_truth(args.ground_truth, **truth_kwargs)
+        if args.no_progress:
+            from rlhf_gym.run_logger import silence_progress_bars
+
+            silence_progress_bars()
         _, metrics = train_reward_model(args.data, config, out_dir=args.out, progress=not args.no_progress,
-                                        eval_data=args.eval_data)
+                                        eval_data=args.eval_data, ground_truth=args.ground_truth,
+                                        ground_truth_kwargs=truth_kwargs)
     except RLHFGymError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -843,5 +869,10 @@ def run(args: argparse.Namespace) -> int:
               f"(margin {metrics['margin']:.3f})")
     else:
         print(f"training accuracy: {metrics.get('train_accuracy', float('nan')):.3f} (no held-out pairs)")
+    if args.ground_truth:
+        from rlhf_gym.rm_report import format_report
+
+        for line in format_report(metrics, args.ground_truth):
+            print(line)
     print(f"reward model saved to {args.out}")
     return 0

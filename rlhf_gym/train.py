@@ -86,7 +86,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reward-kwargs", dest="reward_kwargs", help=help_text["reward_kwargs"])
     parser.add_argument("--model", help=help_text["model"])
     parser.add_argument("--prompts", help=help_text["prompts"])
-    parser.add_argument("--config", help="YAML or TOML file of run options and algorithm config fields")
+    parser.add_argument("--config", help="YAML, TOML or JSON file of run options and algorithm config fields; a run's "
+                                         "own config.json reproduces that run")
     parser.add_argument("--seed", type=int, help=help_text["seed"])
     parser.add_argument("--device", help="where to train: auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps "
                                          "(default: cpu)")
@@ -115,10 +116,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rollout-workers", dest="rollout_workers", type=int, metavar="N",
                         help="Ray rollout actors, each sampling a shard of every batch (implies --ray; default 1 "
                              "with --ray)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--report-to", dest="report_to", metavar="TRACKERS",
+                        help="experiment trackers, comma-separated: csv, tensorboard, wandb, mlflow, trackio (or a "
+                             "plugin's); 'none'; 'all' (every installed one) (default: csv,tensorboard)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (transformers' and the Hugging Face hub's included)")
     parser.epilog = ("Algorithm config fields (any of them as --FIELD VALUE or --set FIELD=VALUE) are listed by "
                      "`rlhf-gym train --algo NAME --list-fields`.")
-    parser.add_argument("--list-fields", action="store_true", help="print the algorithm's config fields and exit")
+    parser.add_argument("--list-fields", action="store_true",
+                        help="print every run option and the algorithm's config fields (type, default, help) and exit")
     parser.set_defaults(_accepts_extra=True)
 
 
@@ -170,10 +176,32 @@ def _parse_extra(extra: list[str]) -> dict[str, str]:
     return out
 
 
+#: algorithm fields a run's config.json holds that belong to that run only (its directory), not to a rerun
+RUN_ONLY_FIELDS = ("run_dir",)
+
+
+def _from_run_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A run's ``config.json`` (``{"algorithm", <fields>..., "run": {<run options>}}``; ``run`` is absent for a run
+    made from Python) as a flat config: the run options and every resolved algorithm field, without what belongs to
+    that run only (its directory)."""
+    run = dict(data.get("run") or {})
+    flat = {k: v for k, v in run.items() if k not in ("algo_config", "out")}
+    flat["algo"] = data.get("algorithm", run.get("algo"))
+    fields = {k: v for k, v in data.items() if k not in ("algorithm", "run", *RUN_ONLY_FIELDS)}
+    # Fields the run derived from its options follow the options, so `--seed`/`--ground-truth` still change them.
+    for field_name, option in (("seed", "seed"), ("true_reward", "ground_truth")):
+        if field_name in fields and fields[field_name] == run.get(option):
+            del fields[field_name]
+    flat["algo_config"] = fields
+    return flat
+
+
 def resolve_options(args: argparse.Namespace, extra: list[str]) -> RunOptions:
     """Merge defaults < config file < command line into :class:`RunOptions`."""
     opts = RunOptions()
     data: dict[str, Any] = _read_config_file(args.config) if getattr(args, "config", None) else {}
+    if "algorithm" in data and isinstance(data.get("run", {}), dict):  # a run directory's own config.json
+        data = _from_run_config(data)
     cli = {k: getattr(args, k) for k in RUN_OPTION_HELP if getattr(args, k, None) is not None}
     algo_config: dict[str, Any] = {}
     for source in (data, cli):
@@ -203,6 +231,8 @@ def resolve_options(args: argparse.Namespace, extra: list[str]) -> RunOptions:
     if not isinstance(opts.learners, int) or opts.learners < 1:
         raise ConfigError(f"--learners takes a number of processes ≥ 1, got {opts.learners!r}")
     _ray_options(args, algo_config)
+    if getattr(args, "report_to", None) is not None:
+        algo_config["report_to"] = args.report_to
     if isinstance(opts.ground_truth, str) and opts.ground_truth.lower() in ("none", ""):
         opts.ground_truth = None
     opts.algo_config = algo_config
@@ -269,33 +299,41 @@ def _progress(enabled: bool) -> bool:
 
 
 def prepare_policy(opts: RunOptions, run_dir: Path, progress: bool):
-    """The policy to train, and the prompts: the tiny kit after SFT (demo), or the given model."""
+    """The policy to train, and the prompts: the tiny kit after SFT (demo), or the given model.
+
+    Without ``--prompts``, an offline dataset's own prompts (e.g. offline DPO's preference file) are used, then the
+    tiny kit's review openers (demo)."""
     from rlhf_gym.plugins import algorithm_class, make_algorithm
     from rlhf_gym.policy import Policy
 
     needs_value_head = bool(getattr(algorithm_class(opts.algo), "needs_value_head", False))
     place = {k: opts.algo_config[k] for k in ("device", "dtype") if k in opts.algo_config}
     lora = {"r": opts.lora, "lora_alpha": 2 * opts.lora} if opts.lora else None
+    prompts = opts.prompts or dataset_prompts(opts.algo_config.get("dataset"))
     if opts.model:
         policy = Policy.from_pretrained(opts.model, value_head=needs_value_head, lora=lora)
-        return policy.place(**place), opts.prompts
+        return policy.place(**place), prompts
+    import time
+
     from rlhf_gym import tiny
 
-    _say("Building the tiny kit (cached after the first run)...")
+    started = time.perf_counter()
     kit = tiny.build_tiny_kit(seed=0, progress=progress)
+    if kit.built:
+        print(f"Built the tiny kit in {time.perf_counter() - started:.0f} s (cached in {kit.path} for next time)",
+              flush=True)
     policy = Policy.from_pretrained(kit.path, value_head=needs_value_head)
     if opts.sft_updates > 0:
         _say(f"SFT: {opts.sft_updates} updates on demonstrations...")
         sft = make_algorithm("sft", policy=policy, dataset=tiny.demonstrations(4000, seed=opts.seed + 1),
                              seed=opts.seed, learning_rate=3e-4, batch_size=32, max_prompt_tokens=opts.max_prompt_tokens,
-                             max_completion_tokens=opts.max_new_tokens, **place)
+                             max_completion_tokens=opts.max_new_tokens, report_to="none", **place)
         sft.learn(opts.sft_updates, progress_bar=progress)
         if _writer():
             policy.save_pretrained(run_dir / "sft")
     if lora:  # the adapter goes on the fine-tuned (SFT) weights, which stay the reference
         policy.add_lora(lora)
-    prompts = opts.prompts or tiny.review_prompts()
-    return policy.place(**place), prompts
+    return policy.place(**place), prompts or tiny.review_prompts()
 
 
 def _writer() -> bool:
@@ -323,7 +361,26 @@ def check_env_id(env_id: str) -> None:
                                                "`rlhf-gym plugins --kind environment` lists the plugins' ids."))
 
 
-def make_env(opts: RunOptions, policy: Any, prompts: Any):
+def dataset_prompts(dataset: Any) -> list[str] | None:
+    """The distinct prompts of an offline dataset given as a file or store path (in their first order), or None."""
+    if not isinstance(dataset, (str, os.PathLike)):
+        return None
+    from rlhf_gym.data import load_records
+
+    records = load_records(dataset, ("prompt",), what="dataset")
+    prompts = list(dict.fromkeys(r["prompt"] for r in records if isinstance(r.get("prompt"), str)))
+    return prompts or None
+
+
+def make_reward_provider(opts: RunOptions) -> Any:
+    """The reward provider the run trains on, built here so that bad arguments fail with the provider's own error
+    (not wrapped by the environment's constructor), before any work."""
+    from rlhf_gym.plugins import make_reward
+
+    return make_reward(opts.reward, **(opts.reward_kwargs or {}))
+
+
+def make_env(opts: RunOptions, policy: Any, prompts: Any, reward: Any = None):
     import gymnasium as gym
 
     import rlhf_gym  # noqa: F401  (registers the env ids)
@@ -334,10 +391,12 @@ def make_env(opts: RunOptions, policy: Any, prompts: Any):
         return gym.make(opts.env, tokenizer=policy.tokenizer, vocab_size=policy.vocab_size,
                         max_new_tokens=opts.max_new_tokens)
     if prompts is None:
-        raise ConfigError("pass --prompts FILE (.txt or .jsonl) when training a model of your own")
-    return gym.make("rlhf_gym/Completion-v0", tokenizer=policy.tokenizer, prompts=prompts, reward=opts.reward,
-                    reward_kwargs=opts.reward_kwargs or None, max_prompt_tokens=opts.max_prompt_tokens,
-                    max_new_tokens=opts.max_new_tokens, vocab_size=policy.vocab_size)
+        raise ConfigError("pass --prompts FILE (.txt or .jsonl) when training a model of your own (offline DPO reads "
+                          "them from its --dataset file)")
+    return gym.make("rlhf_gym/Completion-v0", tokenizer=policy.tokenizer, prompts=prompts,
+                    reward=reward if reward is not None else make_reward_provider(opts),
+                    max_prompt_tokens=opts.max_prompt_tokens, max_new_tokens=opts.max_new_tokens,
+                    vocab_size=policy.vocab_size)
 
 
 def train_once(opts: RunOptions, run_dir: Path, policy: Any, env: Any, progress: bool, beta: float | None = None,
@@ -382,65 +441,102 @@ def _short(text: str, width: int = 60) -> str:
 
 
 def print_report(before: dict[str, Any], runs: list[tuple[str, dict[str, Any]]], opts: RunOptions) -> None:
-    """Before/after table: ground-truth score, KL, and a few samples for each run."""
+    """Before/after table: ground-truth score, the trained reward, KL, and a few samples for each run."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(100, min(160, os.get_terminal_size(0).columns if sys.stdout.isatty() else 120)))
+    console = Console(width=max(100, min(160, os.get_terminal_size(0).columns if sys.stdout.isatty() else 160)))
     what = opts.ground_truth or opts.reward
-    table = Table(title=f"Mean {what} score of {opts.eval_samples} fresh samples", show_lines=False)
+    start = start_label(opts)
+    table = Table(title=f"Mean scores of {opts.eval_samples} fresh samples", show_lines=False)
     table.add_column("policy")
-    table.add_column(f"{what}", justify="right")
-    table.add_column("KL to SFT (nats/seq)", justify="right")
+    table.add_column(f"{what}" + (" (ground truth)" if opts.ground_truth else ""), justify="right")
+    trained = "trained_reward" in before
+    if trained:
+        table.add_column(f"{opts.reward} (trained reward)", justify="right")
+    table.add_column(f"KL to {'SFT' if start == 'SFT' else 'start'} (k1, nats/seq)", justify="right")
     table.add_column("mean length", justify="right")
-    table.add_row("before (SFT)", f"{before['mean']:.3f}", "0", f"{before['mean_length']:.1f}")
+
+    def row(name: str, result: dict[str, Any], kl: str) -> list[str]:
+        cells = [name, f"{result['mean']:.3f}"]
+        if trained:
+            cells.append(f"{result['trained_reward']:.3f}" if result.get("trained_reward") is not None else "–")
+        return cells + [kl, f"{result['mean_length']:.1f}"]
+
+    table.add_row(*row(f"before ({start})", before, "0"))
     for name, res in runs:
-        table.add_row(name, f"{res['after']['mean']:.3f}", f"{res['kl']:.2f}", f"{res['after']['mean_length']:.1f}")
+        table.add_row(*row(name, res["after"], f"{res['kl']:.2f}"))
     console.print(table)
     samples = Table(title="Samples (same prompts)", show_lines=True)
     samples.add_column("prompt")
-    samples.add_column("before (SFT)")
+    samples.add_column(f"before ({start})")
     for name, _ in runs:
         samples.add_column(name)
     for i in range(min(4, len(before["samples"]))):
-        row = [_short(before["samples"][i]["prompt"], 24),
-               f"{_short(before['samples'][i]['completion'])}  [{before['samples'][i]['score']:.2f}]"]
+        row_cells = [_short(before["samples"][i]["prompt"], 24),
+                     f"{_short(before['samples'][i]['completion'])}  [{before['samples'][i]['score']:.2f}]"]
         for _, res in runs:
             s = res["after"]["samples"][i]
-            row.append(f"{_short(s['completion'])}  [{s['score']:.2f}]")
-        samples.add_row(*row)
+            row_cells.append(f"{_short(s['completion'])}  [{s['score']:.2f}]")
+        samples.add_row(*row_cells)
     console.print(samples)
+    if any(res["kl"] < 0 for _, res in runs):
+        console.print("KL is the k1 estimate (mean of Σ log π − log π_start over the samples): unbiased, but a "
+                      "sample mean can fall below 0 when the policies barely differ.")
     for name, res in runs:
         console.print(f"[bold]{name}[/bold] run directory: {res['run_dir']}")
+
+
+def start_label(opts: RunOptions) -> str:
+    """What the starting policy is: "SFT" when the demo fine-tuned it, else the model it was loaded from."""
+    if opts.model:
+        return "start"
+    return "SFT" if opts.sft_updates > 0 else "tiny kit, no SFT"
+
+
+def add_trained_reward(result: dict[str, Any], opts: RunOptions) -> None:
+    """Score ``result``'s samples with the reward the policy is trained on too (when it is not the ground truth and
+    asking it costs no person's time), as ``result["trained_reward"]``."""
+    if not opts.ground_truth or opts.ground_truth == opts.reward:
+        return
+    from rlhf_gym.plugins import get_entry, make_reward
+    from rlhf_gym.providers import checked_scores
+
+    if not getattr(get_entry("reward", opts.reward).obj, "deterministic", True):  # a person would be asked
+        return
+    provider = make_reward(opts.reward, **(opts.reward_kwargs or {}))
+    samples = result["samples"]
+    scores = checked_scores(provider, provider.score([s["prompt"] for s in samples],
+                                                     [s["completion"] for s in samples]), len(samples))
+    given = [float(v) for v in scores if v is not None]
+    result["trained_reward"] = sum(given) / len(given) if given else None
 
 
 def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     from rlhf_gym.plugins import algorithm_class
     from rlhf_gym.rollout import evaluate
-    from rlhf_gym.run_logger import default_run_dir
+    from rlhf_gym.run_logger import default_run_dir, silence_progress_bars
 
     opts = resolve_options(args, extra or [])
     if args.list_fields:
-        from rlhf_gym.config import field_help
-
-        for name, text in field_help(algorithm_class(opts.algo).Config).items():
-            print(f"--{name:<24} {text}")
+        print(list_fields(opts.algo))
         return 0
     progress = _progress(not args.no_progress)
     if opts.learners > 1 and "RANK" not in os.environ:  # spawned learners get RANK from their launch
         return _spawn_learners(args, extra or [], opts)
     _join_launcher_group(opts)
+    if not progress:
+        silence_progress_bars()
     if args.resume:
         return resume(args.resume, opts, progress, args)
     algo_cls = algorithm_class(opts.algo)  # unknown names fail here, before any work
     if opts.env:
         check_env_id(opts.env)  # so does an unknown --env
-    from rlhf_gym.config import build_config
-
     if getattr(args, "ray", None) is not None:
         opts.algo_config.setdefault("rollout_workers", 1)
-    build_config(algo_cls.Config, opts.algo_config, owner=f"algorithm {opts.algo!r}")
-    _connect_ray(opts.algo_config)
+    check_fields(opts.algo, algo_cls, opts.algo_config)
+    _connect_ray(opts.algo_config)  # before the reward: a provider placed on its own actor needs the cluster
+    reward = make_reward_provider(opts)
     run_dir = Path(opts.out) if opts.out else default_run_dir(opts.algo)
     check_writable(run_dir)
     earlier = [c for c in (run_dir / "checkpoints", *run_dir.glob("beta-*/checkpoints"))
@@ -449,14 +545,16 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
         raise ConfigError(f"{run_dir} already holds checkpoints of an earlier run ({earlier[0]}); continue that run "
                           f"with `rlhf-gym train --resume {run_dir}`, or pass another --out")
     policy, prompts = prepare_policy(opts, run_dir, progress)
-    env = make_env(opts, policy, prompts)
+    env = make_env(opts, policy, prompts, reward)
     before = None
     if _writer():
         before = evaluate(policy, env, num_samples=opts.eval_samples, reward=opts.ground_truth, seed=opts.seed + 999)
+        add_trained_reward(before, opts)
         _say(f"Before RL: mean {opts.ground_truth or opts.reward} score {before['mean']:.3f}")
     demo = opts.model is None
     runs: list[tuple[str, dict[str, Any]]] = []
-    compare_beta = demo and "beta" in opts.algo_config and float(opts.algo_config["beta"]) == 0.0
+    # `--beta 0` on the command line asks for the side-by-side demo; β = 0 from a config file is one plain run.
+    compare_beta = demo and getattr(args, "beta", None) == 0.0
     if compare_beta:
         for beta, name in ((DEMO_BETA, f"{opts.algo} β={DEMO_BETA}"), (0.0, f"{opts.algo} β=0 (no KL penalty)")):
             sub = run_dir / f"beta-{beta:g}"
@@ -467,8 +565,10 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
         env.close()
         return 0
     for _, res in runs:
+        add_trained_reward(res["after"], opts)
         res["policy"].save_pretrained(res["run_dir"] / "policy")
-        summary = {"before": _eval_summary(before), "after": _eval_summary(res["after"]), "kl": res["kl"]}
+        summary = {"before": _eval_summary(before), "after": _eval_summary(res["after"]), "kl": res["kl"],
+                   "kl_estimator": "k1", "start": start_label(opts)}
         (res["run_dir"] / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_report(before, runs, opts)
     env.close()
@@ -517,6 +617,66 @@ def _join_launcher_group(opts: RunOptions) -> None:
 
     _learner_device(opts, int(os.environ.get("LOCAL_RANK", "0")))
     dp.init_from_env(resolve_device(opts.algo_config.get("device", "cpu")))
+
+
+def list_fields(algo: str) -> str:
+    """Every run option and every field of ``algo``'s config: flag, type, default and help, one per line."""
+    import dataclasses
+    import typing
+
+    from rlhf_gym.plugins import algorithm_class
+
+    def lines(rows: list[tuple[str, str, str, str]]) -> list[str]:
+        width = [max(len(r[i]) for r in rows) for i in range(3)]
+        return [f"  {r[0]:<{width[0]}}  {r[1]:<{width[1]}}  {r[2]:<{width[2]}}  {r[3]}".rstrip() for r in rows]
+
+    def type_name(annotation: Any) -> str:
+        return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+    def default(f: dataclasses.Field) -> str:
+        if f.default is not dataclasses.MISSING:
+            return repr(f.default)
+        return repr(f.default_factory()) if f.default_factory is not dataclasses.MISSING else "(required)"
+
+    run_hints = typing.get_type_hints(RunOptions)
+    run_rows = [(f"--{f.name.replace('_', '-')}", type_name(run_hints[f.name]), default(f), RUN_OPTION_HELP[f.name])
+                for f in dataclasses.fields(RunOptions) if f.name in RUN_OPTION_HELP]
+    config = algorithm_class(algo).Config
+    hints = typing.get_type_hints(config)
+    algo_rows = [(f"--{f.name.replace('_', '-')}", type_name(hints.get(f.name, f.type)), default(f),
+                  f.metadata.get("help", "")) for f in dataclasses.fields(config)]
+    header = ("option", "type", "default", "help")
+    return "\n".join([
+        "Run options (rlhf-gym train, or keys of a --config file):", *lines([header, *run_rows]), "",
+        f"Fields of algorithm {algo!r} (--FIELD VALUE, --set FIELD=VALUE, or keys of a --config file):",
+        *lines([header, *algo_rows]),
+    ])
+
+
+def check_fields(algo: str, algo_cls: Any, fields: dict[str, Any]) -> None:
+    """Build ``algo``'s config from ``fields``; a key that is neither an algorithm field nor a run option fails with
+    the closest name among both (``--updatse`` → "did you mean --updates?")."""
+    import dataclasses
+    import difflib
+
+    from rlhf_gym.config import build_config
+
+    known = {f.name for f in dataclasses.fields(algo_cls.Config)}
+    unknown = [k for k in fields if k not in known]
+    if unknown:
+        candidates = sorted(known | set(RUN_OPTION_HELP) | {"report_to", "beta", "config", "set", "resume"})
+        key = unknown[0]
+        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+        hint = f" Did you mean --{close[0].replace('_', '-')}?" if close else ""
+        raise ConfigError(
+            f"unknown option --{key.replace('_', '-')} for `rlhf-gym train --algo {algo}` (or key {key!r} of a "
+            f"--config file).{hint} `rlhf-gym train --algo {algo} --list-fields` lists every run option and "
+            f"algorithm field.")
+    config = build_config(algo_cls.Config, fields, owner=f"algorithm {algo!r}")
+    if hasattr(config, "report_to"):  # an unknown tracker or a missing package fails before any work
+        from rlhf_gym.trackers import check_report_to
+
+        check_report_to(config.report_to)
 
 
 def _eval_summary(result: dict[str, Any]) -> dict[str, Any]:

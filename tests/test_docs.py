@@ -176,6 +176,20 @@ def test_cli_reference_documents_every_option(command: str) -> None:
     assert not missing, f"docs/cli.md does not document {missing} of `rlhf-gym {command}`"
 
 
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+def test_cli_reference_tables_are_what_help_shows(command: str) -> None:
+    """Every option's flag, metavar, help and default in docs/cli.md is exactly what `--help` prints."""
+    sys.path.insert(0, str(DOCS))
+    try:
+        import gen_cli_reference
+    finally:
+        sys.path.remove(str(DOCS))
+    page = (DOCS / "cli.md").read_text(encoding="utf-8")
+    assert gen_cli_reference.block(command) in page, (
+        f"the option table of `rlhf-gym {command}` in docs/cli.md differs from its --help; run "
+        f"`python docs/gen_cli_reference.py`")
+
+
 # -- configuration reference --------------------------------------------------------------------------------------
 
 
