@@ -12,7 +12,6 @@ import json
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from rlhf_gym.errors import file_error_message
 
@@ -39,31 +38,18 @@ def pickle_weights_message(directory: Path) -> str | None:
     return file_error_message(directory / pickled[0], pickle.UnpicklingError("pickle weights"), "model file")
 
 
-def missing_weights_message(model: Any, directory: Path, skip: Sequence[str] = ()) -> str | None:
-    """Why ``model`` loaded from ``directory`` is refused when the files lack some of its weights (transformers
-    would initialise those at random without a word), or None."""
-    from safetensors import safe_open
-
-    files = sorted(directory.glob("*.safetensors"))
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted({directory / f for f in json.loads(index.read_text()).get("weight_map", {}).values()})
-    stored: set[str] = set()
-    for file in files:
-        if file.name in skip:
-            continue
-        with safe_open(str(file), framework="pt") as f:
-            stored.update(f.keys())
-    expected = set(model.state_dict())
-    tied = {k for k in expected if k.endswith("lm_head.weight")} if getattr(model.config, "tie_word_embeddings",
-                                                                                   False) else set()
-    missing = sorted(k for k in expected - tied if k not in stored and not any(s.endswith(k) or k.endswith(s)
-                                                                                   for s in stored))
+def missing_weights_message(missing_keys: Sequence[str], directory: Path) -> str | None:
+    """Why a model loaded from ``directory`` is refused when its files lack some of its weights (transformers
+    would initialise those at random without a word), or None. ``missing_keys`` is what transformers' loader
+    reports (``output_loading_info=True``): it knows each architecture's renamed and tied weights."""
+    missing = sorted(str(k) for k in missing_keys)
     if not missing:
         return None
-    return (f"model file {files[0] if files else directory / 'model.safetensors'} lacks {len(missing)} of the "
-            f"model's weights ({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}); they would start at "
-            f"random. The file is damaged or belongs to another architecture: restore it or use another checkpoint")
+    files = sorted(directory.glob("*.safetensors"))
+    shown = next((f for f in files if f.name == "model.safetensors"), files[0] if files else directory / "model.safetensors")
+    return (f"model file {shown} lacks {len(missing)} of the model's weights ({', '.join(missing[:3])}"
+            f"{', …' if len(missing) > 3 else ''}); they would start at random. The file is damaged or belongs to "
+            f"another architecture: restore it or use another checkpoint")
 
 
 def damaged_model_message(directory: Path, exc: BaseException, what: str) -> str:

@@ -405,8 +405,9 @@ class Policy(nn.Module):
         if dtype is not None:
             kwargs["dtype"] = _as_dtype(dtype)
         try:
-            model: Any = AutoModelForCausalLM.from_pretrained(load_from, **kwargs)
-            missing = missing_weights_message(model, path, skip=(VALUE_HEAD_FILE,)) if looks_local else None
+            model: Any
+            model, loading = AutoModelForCausalLM.from_pretrained(load_from, output_loading_info=True, **kwargs)
+            missing = missing_weights_message(loading.get("missing_keys") or [], path) if looks_local else None
             if missing:
                 raise ModelLoadError(missing)
         except ModelLoadError:

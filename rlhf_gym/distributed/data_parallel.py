@@ -139,6 +139,9 @@ def _spawned(rank: int, nprocs: int, port: int, backend: str, fn: Callable[..., 
     init_process_group(rank, nprocs, port=port, backend=backend)
     try:
         fn(rank, nprocs, *args)
+        # Leave together: a learner that tears the group down while another still works on it (rank 0 evaluating
+        # and writing the run, say) can abort in the transport's threads.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
