@@ -1,0 +1,136 @@
+"""Short dialogues for the tiny kit, and the multi-turn demo task built on them: "remember what the user said".
+
+In the first turn the user says they loved or hated a film; the assistant answers; in a later turn the user asks
+for a review. The review is judged by how well its VADER sentiment matches the opinion stated turns earlier, so a
+policy that only sees the last user message cannot do better than chance: the information is in the history.
+
+The supervised dialogues teach the format (acknowledge, then write a review when asked) with reviews whose
+sentiment is *independent* of the stated opinion (the review corpus's own mix), so a policy fine-tuned on them
+starts near zero on the task and reinforcement learning has something real to learn.
+
+Example:
+    >>> rows = dialogue_corpus(2, seed=1)
+    >>> [m["role"] for m in rows[0]["messages"]]
+    ['user', 'assistant', 'user', 'assistant']
+    >>> stated_opinion([{"role": "user", "content": "Honestly, I hated the sequel."}])
+    -1
+    >>> opinion_match(["I loved the movie."], ["It was wonderful."])[0] > 0.5
+    True
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rlhf_gym.ground_truth import Sentiment
+from rlhf_gym.providers import RewardProvider, Score
+from rlhf_gym.tiny import review_corpus
+
+#: the things a user has an opinion about (subjects the review BPE encodes compactly)
+FILMS = ("the movie", "the film", "this film", "this movie", "the sequel")
+#: how a user states an opinion in the first turn; ``{film}`` is filled in
+LOVED = ("I loved {film}.", "I just saw {film} and I loved it.", "Honestly, I loved {film}.",
+         "I really loved {film}.")
+HATED = ("I hated {film}.", "I just saw {film} and I hated it.", "Honestly, I hated {film}.",
+         "I really hated {film}.")
+#: the assistant's first answer, the same whatever the opinion
+ACKNOWLEDGEMENTS = ("Tell me more.", "I see.", "Thanks for telling me.", "Good to know.")
+#: the later request for a review, which says nothing about the opinion
+REQUESTS = ("Write a short review of it.", "Please write a review of it.", "Can you review it for me?")
+_OPINION_WORDS = {"loved": 1, "hated": -1}
+_SENTIMENT = Sentiment()
+
+
+def stated_opinion(messages: Sequence[Mapping[str, Any]]) -> int:
+    """+1 if the user's first stated opinion is "loved", -1 if "hated", 0 if the user stated none."""
+    for message in messages:
+        if message.get("role") != "user":
+            continue
+        for word in str(message.get("content", "")).lower().replace(".", " ").split():
+            if word in _OPINION_WORDS:
+                return _OPINION_WORDS[word]
+    return 0
+
+
+def _opening(rng: random.Random, opinion: int) -> str:
+    return rng.choice(LOVED if opinion > 0 else HATED).format(film=rng.choice(FILMS))
+
+
+def dialogue_scenarios(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` demo-task scenarios: ``{"prompt": opening user message, "follow_ups": [review request],
+    "opinion": ±1}``, balanced between the two opinions.
+
+    The same ``(n, seed)`` always gives the same scenarios.
+    """
+    if n < 0:
+        raise ValueError(f"dialogue_scenarios needs n >= 0, got {n}")
+    rng = random.Random(f"scenarios-{seed}")
+    out = []
+    for i in range(n):
+        opinion = 1 if i % 2 == 0 else -1
+        out.append({"prompt": _opening(rng, opinion), "follow_ups": [rng.choice(REQUESTS)], "opinion": opinion})
+    return out
+
+
+def dialogue_corpus(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` short supervised dialogues in TRL's ``messages`` format (plus the stated ``opinion``).
+
+    user: opinion → assistant: acknowledgement → user: review request → assistant: a review from the kit's review
+    corpus, whose sentiment is drawn independently of the opinion.
+    """
+    if n < 0:
+        raise ValueError(f"dialogue_corpus needs n >= 0, got {n}")
+    rng = random.Random(f"dialogues-{seed}")
+    reviews = review_corpus(n, seed=seed + 104729)
+    out = []
+    for i in range(n):
+        opinion = rng.choice((1, -1))
+        review = (reviews[i]["prompt"] + reviews[i]["completion"]).strip()
+        out.append({"messages": [
+            {"role": "user", "content": _opening(rng, opinion)},
+            {"role": "assistant", "content": rng.choice(ACKNOWLEDGEMENTS)},
+            {"role": "user", "content": rng.choice(REQUESTS)},
+            {"role": "assistant", "content": review},
+        ], "opinion": opinion})
+    return out
+
+
+def opinion_match(histories: Sequence[str], reviews: Sequence[str], opinions: Sequence[int] | None = None) -> list[float]:
+    """The demo's ground truth: VADER compound of each review times the opinion (+1/-1) the user stated.
+
+    Args:
+        histories: the conversation before each review (text: the opinion is looked up in it when ``opinions``
+            is not given; a history with none scores 0).
+        reviews: the assistant's reviews.
+        opinions: the stated opinions, when the caller knows them.
+    """
+    if opinions is None:
+        opinions = [stated_opinion([{"role": "user", "content": h}]) for h in histories]
+    if not reviews:
+        return []
+    compound = _SENTIMENT.values(list(histories), list(reviews))
+    return [float(c) * int(o) for c, o in zip(compound, opinions, strict=True)]
+
+
+class OpinionMatchReward(RewardProvider):
+    """Reward provider of the demo task: :func:`opinion_match` of the last assistant turn.
+
+    The opinion comes from the row's ``opinion`` column when the scenarios carry one, else from the conversation
+    (``messages`` in the row, as dialogue environments pass it), else from the prompt text. The score is also
+    reported as ``true_score``.
+    """
+
+    name = "opinion-match"
+
+    def score(self, prompts: list[str], completions: list[str], **row: Any) -> list[Score]:
+        opinions = row.get("opinion")
+        if opinions is None and row.get("messages") is not None:
+            opinions = [stated_opinion(m) for m in row["messages"]]
+        return list(opinion_match(prompts, completions, opinions))
+
+    def score_with_info(self, prompts: list[str], completions: list[str], **row: Any):
+        scores = self.score(prompts, completions, **row)
+        return scores, {"true_score": list(scores)}
+
