@@ -1,8 +1,10 @@
 """rlhf_gym: RLHF as a Gymnasium experiment kit.
 
-``import rlhf_gym`` registers the environments ``rlhf_gym/TextGen-v0`` (one token per step) and
-``rlhf_gym/Completion-v0`` (one completion per step). Reward providers and algorithms are plugins (pluggy, entry
-point group ``rlhf_gym``); build them by name with :func:`make_reward` and :func:`make_algorithm`.
+``import rlhf_gym`` registers the environments ``rlhf_gym/TextGen-v0`` (one token per step),
+``rlhf_gym/Completion-v0`` (one completion per step) and ``rlhf_gym/Dialogue-v0`` (one assistant turn per step),
+and the environments installed plugins ship. Reward providers, algorithms and user simulators are plugins (pluggy,
+entry point group ``rlhf_gym``); build them by name with :func:`make_reward`, :func:`make_algorithm` and
+:func:`make_user_simulator`.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from rlhf_gym.plugins import (
     list_plugins,
     make_algorithm,
     make_reward,
+    make_user_simulator,
     register_plugin,
+    register_plugin_environments,
     reload_plugins,
     unregister_plugin,
 )
 from rlhf_gym.providers import CallableReward, CompositeReward, RewardProvider, as_provider
+from rlhf_gym.user_simulator import CallableUser, UserSimulator, as_user_simulator
 
 __version__ = "0.1.0"
 
@@ -48,6 +53,7 @@ __all__ = [
     "Algorithm",
     "AlgorithmConfig",
     "CallableReward",
+    "CallableUser",
     "CompositeReward",
     "ConfigError",
     "PluginEntry",
@@ -59,13 +65,20 @@ __all__ = [
     "RewardError",
     "RewardProvider",
     "UnknownNameError",
+    "UserSimulator",
     "__version__",
     "as_provider",
+    "as_user_simulator",
     "hookimpl",
     "list_plugins",
     "make_algorithm",
     "make_reward",
+    "make_user_simulator",
     "register_plugin",
+    "register_plugin_environments",
     "reload_plugins",
     "unregister_plugin",
 ]
+
+# Last, so a plugin that imports rlhf_gym while it is being loaded finds everything above.
+register_plugin_environments()

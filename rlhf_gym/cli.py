@@ -17,7 +17,7 @@ from rlhf_gym.errors import RLHFGymError
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("rlhf_gym.train", "Train a policy with RLHF (no arguments: the offline demo)."),
-    "plugins": ("rlhf_gym.cli", "List the registered reward providers and algorithms."),
+    "plugins": ("rlhf_gym.cli", "List the registered reward providers, algorithms, user simulators and environments."),
     "label": ("rlhf_gym.live.cli", "Answer preference queries as a live human (terminal or --web page)."),
     "train-rm": ("rlhf_gym.reward_model", "Train a reward model on a preference store or TRL-format file."),
     "eval": ("rlhf_gym.evaluate", "Score saved policies with a reward provider; compare two by win rate."),
@@ -26,7 +26,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kind", choices=["reward", "algorithm"], help="show only this kind of plugin")
+    parser.add_argument("--kind", choices=["reward", "algorithm", "user-simulator", "environment"],
+                        help="show only this kind of plugin")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
 

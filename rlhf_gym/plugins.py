@@ -45,11 +45,14 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "rlhf_gym_plugins.dpo",
     "rlhf_gym_plugins.sft",
     "rlhf_gym_plugins.sb3_algorithms",
+    "rlhf_gym_plugins.user_simulators",
 )
 
 KINDS = {
     "reward": "register_reward_providers",
     "algorithm": "register_algorithms",
+    "user-simulator": "register_user_simulators",
+    "environment": "register_environments",
 }
 
 
@@ -203,12 +206,14 @@ def register_plugin(plugin: Any, name: str | None = None) -> str:
     """
     name = name or getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{id(plugin):x}"
     _REGISTRY.add_runtime(plugin, name)
+    _register_gym_ids(plugin, name)
     return name
 
 
 def unregister_plugin(name: str) -> None:
     """Remove a plugin registered with :func:`register_plugin`."""
     _REGISTRY.remove_runtime(name)
+    _unregister_gym_ids(name)
 
 
 def reload_plugins() -> None:
@@ -217,7 +222,7 @@ def reload_plugins() -> None:
 
 
 def list_plugins(kind: str | None = None) -> list[PluginEntry]:
-    """Every registered name, sorted by kind then name; ``kind`` filters to ``"reward"`` or ``"algorithm"``."""
+    """Every registered name, sorted by kind then name; ``kind`` filters to one of :data:`KINDS`."""
     entries = _REGISTRY.entries()
     kinds = [kind] if kind else list(KINDS)
     for k in kinds:
@@ -263,3 +268,91 @@ def make_algorithm(name: str, env: Any = None, policy: Any = None, **config: Any
 def algorithm_class(name: str) -> Callable[..., Any]:
     """The registered class (or factory) behind an algorithm name."""
     return get_entry("algorithm", name).obj
+
+
+# -- user simulators and environments ------------------------------------------------------------------------
+
+
+def make_user_simulator(name: str, **kwargs: Any):
+    """Build a registered user simulator by name: ``make_user_simulator("scripted", follow_ups=[...])``.
+
+    A factory may return a :class:`~rlhf_gym.UserSimulator` or an ``f(conversations, **row)`` callable; either
+    way a simulator comes back.
+    """
+    from rlhf_gym.user_simulator import as_user_simulator
+
+    entries = _REGISTRY.entries()["user-simulator"]
+    if name not in entries:
+        hint = (f"Install the plugin that provides it, or check that it is not disabled by {DISABLE_ENV_VAR}; "
+                f"`rlhf-gym plugins --kind user-simulator` lists what is available.")
+        raise UnknownNameError(unknown_name_message("user simulator", name, entries, hint))
+    simulator = as_user_simulator(entries[name].obj(**kwargs))
+    if getattr(simulator, "name", None) in (None, "", type(simulator).__name__):
+        simulator.name = name
+    return simulator
+
+
+#: Gymnasium ids registered from plugins' ``register_environments`` hooks -> the plugin that registered them
+_GYM_IDS: dict[str, str] = {}
+
+
+def _gym_register(env_id: str, obj: Any, plugin: str) -> None:
+    import gymnasium as gym
+
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"an environment id must be a non-empty string, got {env_id!r}")
+    if not callable(obj):
+        raise TypeError(f"environment {env_id!r} must be an env class or a factory, got {obj!r}")
+    if env_id in gym.registry:
+        if _GYM_IDS.get(env_id) == plugin:
+            return
+        owner = _GYM_IDS.get(env_id, "another package")
+        raise ValueError(f"environment id {env_id!r} is already registered with Gymnasium by {owner}")
+    gym.register(id=env_id, entry_point=obj, vector_entry_point=getattr(obj, "vector_entry_point", None),
+                 nondeterministic=bool(getattr(obj, "nondeterministic", False)))
+    _GYM_IDS[env_id] = plugin
+
+
+def _register_gym_ids(plugin: Any, name: str) -> None:
+    """Register the Gymnasium ids one plugin's ``register_environments`` hook names (a warning if it fails)."""
+    hook = getattr(plugin, "register_environments", None)
+    if hook is None or not hasattr(hook, "rlhf_gym_impl"):
+        return
+    try:
+        hook(register=lambda env_id, obj: _gym_register(env_id, obj, name))
+    except Exception as exc:
+        warnings.warn(f"rlhf_gym plugin {name!r}: its environments were skipped: {type(exc).__name__}: {exc}",
+                      PluginWarning, stacklevel=3)
+
+
+def _unregister_gym_ids(name: str) -> None:
+    import gymnasium as gym
+
+    for env_id in [i for i, owner in _GYM_IDS.items() if owner == name]:
+        gym.registry.pop(env_id, None)
+        del _GYM_IDS[env_id]
+
+
+def register_plugin_environments() -> list[str]:
+    """Register with Gymnasium the environments of installed plugins (runs on ``import rlhf_gym``).
+
+    Only the entry-point plugins are imported here (not the built-ins, whose environments are the core ids), so
+    ``import rlhf_gym`` stays quick. ``RLHF_GYM_DISABLE_PLUGINS`` applies. A plugin that fails to load or to
+    register produces one warning; the others keep working. Returns the ids registered by this call.
+    """
+    disable_all, disabled = _disabled_plugins()
+    before = set(_GYM_IDS)
+    if disable_all:
+        return []
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist is not None else "<unknown>"
+        if ep.name in disabled or dist in disabled or ep.value in disabled or ep.value in BUILTIN_PLUGINS:
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            warnings.warn(f"rlhf_gym plugin {ep.name!r} was skipped: {type(exc).__name__}: {exc}", PluginWarning,
+                          stacklevel=2)
+            continue
+        _register_gym_ids(plugin, ep.name)
+    return sorted(set(_GYM_IDS) - before)

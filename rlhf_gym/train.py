@@ -29,6 +29,7 @@ class RunOptions:
     """What ``rlhf-gym train`` needs beyond the algorithm's own config."""
 
     algo: str = "ppo"
+    env: str | None = None
     reward: str = "simulated-human"
     reward_kwargs: dict[str, Any] = field(default_factory=dict)
     model: str | None = None
@@ -46,6 +47,8 @@ class RunOptions:
 
 RUN_OPTION_HELP = {
     "algo": "algorithm name (see `rlhf-gym plugins`)",
+    "env": "train on this registered environment id (a plugin's task, see `rlhf-gym plugins --kind environment`); "
+           "the task brings its prompts and reward, --prompts/--reward are then not used",
     "reward": "reward provider name (see `rlhf-gym plugins`)",
     "reward_kwargs": "JSON object of keyword arguments for the reward provider",
     "model": "policy to train: hub id or local directory (default: the tiny kit, after SFT)",
@@ -66,6 +69,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     help_text = {key: text if getattr(defaults, key) in (None, {}, "") else f"{text} (default: {getattr(defaults, key)})"
                  for key, text in RUN_OPTION_HELP.items()}
     parser.add_argument("--algo", help=help_text["algo"])
+    parser.add_argument("--env", help=help_text["env"])
     parser.add_argument("--reward", help=help_text["reward"])
     parser.add_argument("--reward-kwargs", dest="reward_kwargs", help=help_text["reward_kwargs"])
     parser.add_argument("--model", help=help_text["model"])
@@ -202,6 +206,15 @@ def make_env(opts: RunOptions, policy: Any, prompts: Any):
 
     import rlhf_gym  # noqa: F401  (registers the env ids)
 
+    if opts.env:
+        # A registered task brings its own prompts/scenarios and rewards; the run supplies the policy's side.
+        if opts.env not in gym.registry:
+            from rlhf_gym.errors import unknown_name_message
+
+            raise ConfigError(unknown_name_message("environment id", opts.env, gym.registry,
+                                                   "`rlhf-gym plugins --kind environment` lists the plugins' ids."))
+        return gym.make(opts.env, tokenizer=policy.tokenizer, vocab_size=policy.vocab_size,
+                        max_new_tokens=opts.max_new_tokens)
     if prompts is None:
         raise ConfigError("pass --prompts FILE (.txt or .jsonl) when training a model of your own")
     return gym.make("rlhf_gym/Completion-v0", tokenizer=policy.tokenizer, prompts=prompts, reward=opts.reward,

@@ -6,10 +6,11 @@ import gymnasium as gym
 
 TEXTGEN_ID = "rlhf_gym/TextGen-v0"
 COMPLETION_ID = "rlhf_gym/Completion-v0"
+DIALOGUE_ID = "rlhf_gym/Dialogue-v0"
 
 
 def register_envs() -> None:
-    """Register both environment ids with Gymnasium (idempotent)."""
+    """Register the environment ids with Gymnasium (idempotent)."""
     if TEXTGEN_ID not in gym.registry:
         gym.register(
             id=TEXTGEN_ID,
@@ -21,4 +22,10 @@ def register_envs() -> None:
             id=COMPLETION_ID,
             entry_point="rlhf_gym.envs.completion:CompletionEnv",
             vector_entry_point="rlhf_gym.envs.completion:CompletionVectorEnv",
+        )
+    if DIALOGUE_ID not in gym.registry:
+        gym.register(
+            id=DIALOGUE_ID,
+            entry_point="rlhf_gym.envs.dialogue:DialogueEnv",
+            vector_entry_point="rlhf_gym.envs.dialogue:DialogueVectorEnv",
         )
