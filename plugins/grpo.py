@@ -1,6 +1,7 @@
 """GRPO (Shao et al. 2024, DeepSeekMath), as a built-in plugin: k completions per prompt, advantages normalised
 within each prompt's group, PPO's clipped objective on every token, and the KL to the reference as a loss term
-(k3 estimator) rather than folded into the reward. No value head.
+(k3 estimator) rather than folded into the reward. No value head. On multi-turn envs a group is ``group_size``
+conversations from one scenario, normalised on their episode returns (discounted per turn by ``turn_discount``).
 """
 
 from __future__ import annotations
@@ -45,8 +46,13 @@ class GRPO(OnlineAlgorithm):
         batch = self.collect()
         r = batch.rollout
         # -- advantages: scores normalised within each prompt's group (unscored samples masked out) ---------------
-        filled = fill_unscored_with_group_mean(batch.scores, batch.valid, cfg.group_size)
+        scores, valid = batch.scores, batch.valid
+        if (episodes := batch.episodes) is not None:  # multi-turn: one return per conversation
+            scores, valid = episodes.returns(scores, cfg.turn_discount), episodes.episode_valid
+        filled = fill_unscored_with_group_mean(scores, valid, cfg.group_size)
         adv = group_normalised_advantages(filled, cfg.group_size, scale=cfg.scale_rewards)
+        if episodes is not None:
+            adv = episodes.to_turns(adv)
         mask = r.completion_mask * batch.valid.unsqueeze(-1).to(r.completion_mask.dtype)
         # -- update: clipped objective + β·k3 KL per token ------------------------------------------------------------
         start = time.perf_counter()

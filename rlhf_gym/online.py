@@ -20,8 +20,9 @@ import torch
 from rlhf_gym.advantages import RunningMoments, apply_missing_eos_penalty, clip_rewards, normalise_rewards
 from rlhf_gym.algorithm import Algorithm, AlgorithmConfig
 from rlhf_gym.config import hp
+from rlhf_gym.episodes import EpisodeRollout, make_worker
 from rlhf_gym.kl import kl_estimate, make_kl_controller
-from rlhf_gym.rollout import Rollout, RolloutWorker
+from rlhf_gym.rollout import Rollout
 
 
 @dataclass
@@ -37,6 +38,8 @@ class OnlineConfig(AlgorithmConfig):
     missing_eos_penalty: float | None = hp(None, "subtract this from the score of completions that never end")
     normalize_rewards: bool = hp(False, "standardise scores with running mean/std before use")
     reward_clip: float | None = hp(None, "clip (normalised) scores to ±this")
+    turn_discount: float = hp(1.0, "multi-turn episodes: discount per assistant turn, in returns and across turns "
+                                   "in GAE")
 
 
 @dataclass
@@ -66,6 +69,17 @@ class Batch:
     def sequence_kl(self) -> torch.Tensor:
         return self.kl.sum(-1)
 
+    @property
+    def episodes(self) -> EpisodeRollout | None:
+        """The episode layout when the rows are the turns of multi-turn conversations, else None."""
+        return self.rollout if isinstance(self.rollout, EpisodeRollout) else None
+
+    @property
+    def sample_kl(self) -> torch.Tensor:
+        """KL to the reference per sample: per sequence, or summed over each episode's turns."""
+        episodes = self.episodes
+        return self.sequence_kl if episodes is None else episodes.per_episode(self.sequence_kl)
+
 
 class OnlineAlgorithm(Algorithm):
     """Base of algorithms that learn from fresh samples of the policy (see module docstring)."""
@@ -75,7 +89,7 @@ class OnlineAlgorithm(Algorithm):
 
     def setup(self) -> None:
         cfg = self.config
-        self.rollouts = RolloutWorker(
+        self.rollouts = make_worker(
             self.env, self.policy, num_prompts=cfg.num_prompts, group_size=cfg.group_size, seed=cfg.seed,
             temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
         )
@@ -117,13 +131,15 @@ class OnlineAlgorithm(Algorithm):
         else:
             shaped = clip_rewards(shaped, self.config.reward_clip)
         shaped = torch.where(valid, shaped, torch.zeros_like(shaped))
+        if isinstance(rollout, EpisodeRollout):  # every turn of a scored episode learns, scored itself or not
+            valid = rollout.to_turns(rollout.episode_valid)
         self.policy.train()
         return Batch(rollout=rollout, scores=shaped, raw_scores=scores, valid=valid, logprobs=logprobs,
                      ref_logprobs=ref_logprobs, kl=kl, values=values)
 
     def update_kl_controller(self, batch: Batch) -> None:
         if self.reference is not None:
-            self.kl_ctl.update(float(batch.sequence_kl.mean()), len(batch.rollout))
+            self.kl_ctl.update(float(batch.sample_kl.mean()), len(batch.sample_kl))
 
     # -- metrics ----------------------------------------------------------------------------------------------
     def batch_metrics(self, batch: Batch, entropy: torch.Tensor | None = None) -> dict[str, float]:
@@ -132,6 +148,11 @@ class OnlineAlgorithm(Algorithm):
         valid = batch.valid
         raw = batch.raw_scores[valid]
         seq_kl = batch.sequence_kl
+        raw_scores = batch.raw_scores
+        if (episodes := batch.episodes) is not None:  # one sample = one conversation
+            valid, seq_kl = episodes.episode_valid, batch.sample_kl
+            raw_scores = episodes.per_episode(torch.where(episodes.score_mask, batch.raw_scores, 0.0))
+            raw = raw_scores[valid]
         beta = self.kl_ctl.value
         metrics = {
             "objective/kl": float(seq_kl.mean()),
@@ -145,10 +166,12 @@ class OnlineAlgorithm(Algorithm):
         }
         if raw.numel():
             metrics["objective/scores"] = float(raw.mean())
-            metrics["objective/rlhf_reward"] = float((batch.raw_scores - beta * seq_kl)[valid].mean())
+            metrics["objective/rlhf_reward"] = float((raw_scores - beta * seq_kl)[valid].mean())
             metrics["objective/scored_fraction"] = float(valid.float().mean())
         if entropy is not None:
             metrics["objective/entropy"] = float(entropy)
+        if episodes is not None:
+            metrics["episodes/mean_turns"] = len(r) / max(episodes.num_episodes, 1)
         truth = self.true_scores(r.prompts, r.completions, r.extras)
         if truth:
             metrics["objective/true_scores"] = float(np.mean(truth))

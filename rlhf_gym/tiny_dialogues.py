@@ -41,6 +41,14 @@ ACKNOWLEDGEMENTS = ("Tell me more.", "I see.", "Thanks for telling me.", "Good t
 REQUESTS = ("Write a short review of it.", "Please write a review of it.", "Can you review it for me?")
 _OPINION_WORDS = {"loved": 1, "hated": -1}
 _SENTIMENT = Sentiment()
+#: the kit's chat template cut down to the last user message: the control in which the policy cannot see the
+#: history (``history="last"``)
+LAST_MESSAGE_TEMPLATE = (
+    "{%- set said = messages | selectattr('role', 'equalto', 'user') | list -%}"
+    "{%- if said %}{{ 'User: ' + said[-1]['content'] + '\\n' }}{% endif -%}"
+    "{%- if add_generation_prompt %}{{ 'Assistant:' }}{% endif -%}"
+)
+HISTORIES = ("all", "last")
 
 
 def stated_opinion(messages: Sequence[Mapping[str, Any]]) -> int:
@@ -112,6 +120,25 @@ def opinion_match(histories: Sequence[str], reviews: Sequence[str], opinions: Se
         return []
     compound = _SENTIMENT.values(list(histories), list(reviews))
     return [float(c) * int(o) for c, o in zip(compound, opinions, strict=True)]
+
+
+def opinion_dialogue_settings(history: str = "all", num_scenarios: int = 256, seed: int = 0) -> dict[str, Any]:
+    """``Dialogue-v0`` keyword arguments of the demo task (add ``tokenizer=``; any may be overridden).
+
+    The user opens with an opinion, the scripted user asks for a review after the assistant's first answer and
+    leaves after its second; the conversation is scored once, at the end, by :class:`OpinionMatchReward`.
+
+    Args:
+        history: ``"all"``: the policy sees the whole conversation (the kit's chat template); ``"last"``: only the
+            user's last message (the control that cannot know the opinion).
+        num_scenarios: how many scenarios (balanced between loved and hated).
+        seed: seed of the scenarios.
+    """
+    if history not in HISTORIES:
+        raise ValueError(f"history must be one of {HISTORIES}, got {history!r}")
+    return {"scenarios": dialogue_scenarios(num_scenarios, seed), "user": "scripted", "reward": OpinionMatchReward(),
+            "reward_mode": "final", "max_turns": 3, "max_context_tokens": 96, "max_new_tokens": 24,
+            "chat_template": LAST_MESSAGE_TEMPLATE if history == "last" else None}
 
 
 class OpinionMatchReward(RewardProvider):
