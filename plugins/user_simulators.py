@@ -41,7 +41,7 @@ def _last(conversation: Conversation, role: str) -> str:
 
 
 def _load_script(follow_ups: Any) -> Any:
-    """A ``.jsonl`` file (one list, or a dict with ``follow_ups``, per scenario) as a list of lists."""
+    """A ``.jsonl`` file (one ``{"follow_ups": [...]}`` object per scenario) as a list of lists."""
     if not isinstance(follow_ups, (str, os.PathLike)):
         return follow_ups
     from rlhf_gym.preference_store import iter_jsonl
@@ -49,7 +49,7 @@ def _load_script(follow_ups: Any) -> Any:
     path = Path(follow_ups)
     if path.suffix != ".jsonl" or not path.is_file():
         raise ConfigError(f"follow_ups file {str(path)!r} must be an existing .jsonl file (one list per scenario)")
-    return [row.get("follow_ups", []) if isinstance(row, dict) else row for row in iter_jsonl(path, error=ConfigError)]
+    return [row.get("follow_ups") or [] for row in iter_jsonl(path, error=ConfigError)]
 
 
 class ScriptedUser(UserSimulator):
@@ -59,8 +59,8 @@ class ScriptedUser(UserSimulator):
 
     Args:
         follow_ups: the script. ``None``: each scenario's own list in its ``key`` field; a list of strings: the same
-            script for every conversation; a list of lists (or a ``.jsonl`` path, one list per line): the script of
-            scenario ``i`` at index ``i``.
+            script for every conversation; a list of lists (or a ``.jsonl`` path with one
+            ``{"follow_ups": [...]}`` per line): the script of scenario ``i`` at index ``i``.
         key: the scenario field holding per-scenario scripts.
         opening_key: the scenario field holding the user's first message, for scenarios without one.
 

@@ -286,9 +286,10 @@ def make_user_simulator(name: str, **kwargs: Any):
         hint = (f"Install the plugin that provides it, or check that it is not disabled by {DISABLE_ENV_VAR}; "
                 f"`rlhf-gym plugins --kind user-simulator` lists what is available.")
         raise UnknownNameError(unknown_name_message("user simulator", name, entries, hint))
-    simulator = as_user_simulator(entries[name].obj(**kwargs))
-    if getattr(simulator, "name", None) in (None, "", type(simulator).__name__):
-        simulator.name = name
+    built = entries[name].obj(**kwargs)
+    simulator = as_user_simulator(built)
+    if simulator is not built or getattr(simulator, "name", None) in (None, "", type(simulator).__name__):
+        simulator.name = name  # a wrapped plain function takes the registered name
     return simulator
 
 

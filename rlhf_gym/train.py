@@ -201,6 +201,19 @@ def prepare_policy(opts: RunOptions, run_dir: Path, progress: bool):
     return policy, prompts
 
 
+def check_env_id(env_id: str) -> None:
+    """Fail early, naming the close matches, when ``--env`` is not a registered Gymnasium id."""
+    import gymnasium as gym
+
+    import rlhf_gym  # noqa: F401  (registers the env ids, the plugins' included)
+    from rlhf_gym.errors import unknown_name_message
+
+    if env_id not in gym.registry:
+        namespaced = [i for i in gym.registry if "/" in i]  # rlhf_gym's and the plugins' (Gymnasium's are bare)
+        raise ConfigError(unknown_name_message("environment id", env_id, namespaced,
+                                               "`rlhf-gym plugins --kind environment` lists the plugins' ids."))
+
+
 def make_env(opts: RunOptions, policy: Any, prompts: Any):
     import gymnasium as gym
 
@@ -208,11 +221,7 @@ def make_env(opts: RunOptions, policy: Any, prompts: Any):
 
     if opts.env:
         # A registered task brings its own prompts/scenarios and rewards; the run supplies the policy's side.
-        if opts.env not in gym.registry:
-            from rlhf_gym.errors import unknown_name_message
-
-            raise ConfigError(unknown_name_message("environment id", opts.env, gym.registry,
-                                                   "`rlhf-gym plugins --kind environment` lists the plugins' ids."))
+        check_env_id(opts.env)
         return gym.make(opts.env, tokenizer=policy.tokenizer, vocab_size=policy.vocab_size,
                         max_new_tokens=opts.max_new_tokens)
     if prompts is None:
@@ -313,6 +322,8 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     from rlhf_gym.config import build_config
 
     build_config(algo_cls.Config, opts.algo_config, owner=f"algorithm {opts.algo!r}")
+    if opts.env:
+        check_env_id(opts.env)
     run_dir = Path(opts.out) if opts.out else default_run_dir(opts.algo)
     run_dir.mkdir(parents=True, exist_ok=True)
     policy, prompts = prepare_policy(opts, run_dir, progress)
