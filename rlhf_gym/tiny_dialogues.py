@@ -4,9 +4,10 @@ In the first turn the user says they loved or hated a film; the assistant answer
 for a review. The review is judged by how well its VADER sentiment matches the opinion stated turns earlier, so a
 policy that only sees the last user message cannot do better than chance: the information is in the history.
 
-The supervised dialogues teach the format (acknowledge, then write a review when asked) with reviews whose
-sentiment is *independent* of the stated opinion (the review corpus's own mix), so a policy fine-tuned on them
-starts near zero on the task and reinforcement learning has something real to learn.
+The supervised dialogues teach the format (acknowledge the opinion, then write a review when asked) with reviews
+whose sentiment is *independent* of the stated opinion (the review corpus's own mix), so a policy fine-tuned on them
+starts near zero on the task and reinforcement learning has something real to learn: to write the review the
+opinion asks for.
 
 Example:
     >>> rows = dialogue_corpus(2, seed=1)
@@ -35,8 +36,8 @@ LOVED = ("I loved {film}.", "I just saw {film} and I loved it.", "Honestly, I lo
          "I really loved {film}.")
 HATED = ("I hated {film}.", "I just saw {film} and I hated it.", "Honestly, I hated {film}.",
          "I really hated {film}.")
-#: the assistant's first answer, the same whatever the opinion
-ACKNOWLEDGEMENTS = ("I see.", "I thought so.", "I watched it too.", "I have seen it.")
+#: the assistant's first answer: it acknowledges the opinion (words the review BPE encodes in few tokens)
+ACKNOWLEDGEMENTS = {1: ("So you loved it.", "I see, you loved it."), -1: ("So you hated it.", "I see, you hated it.")}
 #: the later request for a review, which says nothing about the opinion
 REQUESTS = ("Write a short review of it.", "Please write a review of it.", "Can you review it for me?")
 _OPINION_WORDS = {"loved": 1, "hated": -1}
@@ -98,7 +99,7 @@ def dialogue_corpus(n: int, seed: int = 0) -> list[dict[str, Any]]:
         review = (reviews[i]["prompt"] + reviews[i]["completion"]).strip()
         out.append({"messages": [
             {"role": "user", "content": _opening(rng, opinion)},
-            {"role": "assistant", "content": rng.choice(ACKNOWLEDGEMENTS)},
+            {"role": "assistant", "content": rng.choice(ACKNOWLEDGEMENTS[opinion])},
             {"role": "user", "content": rng.choice(REQUESTS)},
             {"role": "assistant", "content": review},
         ], "opinion": opinion})

@@ -179,3 +179,14 @@ def test_scenarios_are_balanced_between_the_two_opinions():
     assert opinions.count(1) == opinions.count(-1) == 32
     assert all(stated_opinion([{"role": "user", "content": s["prompt"]}]) == s["opinion"]
                for s in dialogue_scenarios(64))
+
+
+def test_vector_env_opens_the_scenarios_asked_for_and_refuses_bad_indices(policy):
+    from rlhf_gym.envs.dialogue import DialogueVectorEnv
+
+    env = DialogueVectorEnv(num_envs=3, setup=make_env(policy).unwrapped.setup)
+    _, info = env.reset(seed=0, options={"scenario_index": [5, 5, 2]})
+    assert info["scenario_index"].tolist() == [5, 5, 2]
+    for bad in ([5, 5], [0, 1, 16], [-1, 0, 0]):
+        with pytest.raises(ValueError, match="scenario_index"):
+            env.reset(options={"scenario_index": bad})
