@@ -4,10 +4,10 @@ In the first turn the user says they loved or hated a film; the assistant answer
 for a review. The review is judged by how well its VADER sentiment matches the opinion stated turns earlier, so a
 policy that only sees the last user message cannot do better than chance: the information is in the history.
 
-The supervised dialogues teach the format (acknowledge the opinion, then write a review when asked) with reviews
-whose sentiment is *independent* of the stated opinion (the review corpus's own mix), so a policy fine-tuned on them
-starts near zero on the task and reinforcement learning has something real to learn: to write the review the
-opinion asks for.
+The supervised dialogues teach the format (acknowledge the opinion, then write a review when asked) from careless
+demonstrators: only about a third of their reviews agree with the stated opinion, the rest are the review corpus's
+own mix whatever the user said. A policy fine-tuned on them agrees a little more often than chance, and
+reinforcement learning has something real to learn: to write the review the opinion asks for, every time.
 
 Example:
     >>> rows = dialogue_corpus(2, seed=1)
@@ -41,6 +41,8 @@ ACKNOWLEDGEMENTS = {1: ("So you loved it.", "I see, you loved it."), -1: ("So yo
 #: the later request for a review, which says nothing about the opinion
 REQUESTS = ("Write a short review of it.", "Please write a review of it.", "Can you review it for me?")
 _OPINION_WORDS = {"loved": 1, "hated": -1}
+#: how often the demonstrators of :func:`dialogue_corpus` write a review that agrees with the stated opinion
+DEMONSTRATOR_AGREEMENT = 0.35
 _SENTIMENT = Sentiment()
 #: the kit's chat template cut down to the last user message: the control in which the policy cannot see the
 #: history (``history="last"``)
@@ -83,20 +85,28 @@ def dialogue_scenarios(n: int, seed: int = 0) -> list[dict[str, Any]]:
     return out
 
 
-def dialogue_corpus(n: int, seed: int = 0) -> list[dict[str, Any]]:
+def dialogue_corpus(n: int, seed: int = 0, agreement: float = DEMONSTRATOR_AGREEMENT) -> list[dict[str, Any]]:
     """``n`` short supervised dialogues in TRL's ``messages`` format (plus the stated ``opinion``).
 
     user: opinion → assistant: acknowledgement → user: review request → assistant: a review from the kit's review
-    corpus, whose sentiment is drawn independently of the opinion.
+    corpus. With probability ``agreement`` the demonstrator writes a review of the stated opinion's sentiment;
+    otherwise one drawn from the corpus's own mix, whatever the opinion.
     """
     if n < 0:
         raise ValueError(f"dialogue_corpus needs n >= 0, got {n}")
+    if not 0.0 <= agreement <= 1.0:
+        raise ValueError(f"agreement is a probability, got {agreement}")
     rng = random.Random(f"dialogues-{seed}")
-    reviews = review_corpus(n, seed=seed + 104729)
+    pool = review_corpus(4 * n + 64, seed=seed + 104729)
+    by_label = {label: [r for r in pool if r["label"] == label] for label in ("positive", "negative")}
     out = []
     for i in range(n):
         opinion = rng.choice((1, -1))
-        review = (reviews[i]["prompt"] + reviews[i]["completion"]).strip()
+        if rng.random() < agreement:
+            row = rng.choice(by_label["positive" if opinion > 0 else "negative"])
+        else:
+            row = pool[i]
+        review = (row["prompt"] + row["completion"]).strip()
         out.append({"messages": [
             {"role": "user", "content": _opening(rng, opinion)},
             {"role": "assistant", "content": rng.choice(ACKNOWLEDGEMENTS[opinion])},
