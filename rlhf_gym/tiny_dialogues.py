@@ -43,6 +43,8 @@ REQUESTS = ("Write a short review of it.", "Please write a review of it.", "Can 
 _OPINION_WORDS = {"loved": 1, "hated": -1}
 #: how often the demonstrators of :func:`dialogue_corpus` write a review that agrees with the stated opinion
 DEMONSTRATOR_AGREEMENT = 0.35
+#: how often they open the review by agreeing with the user ("I loved it too.")
+DEMONSTRATOR_ECHO = 0.25
 _SENTIMENT = Sentiment()
 #: the kit's chat template cut down to the last user message: the control in which the policy cannot see the
 #: history (``history="last"``)
@@ -89,8 +91,9 @@ def dialogue_corpus(n: int, seed: int = 0, agreement: float = DEMONSTRATOR_AGREE
     """``n`` short supervised dialogues in TRL's ``messages`` format (plus the stated ``opinion``).
 
     user: opinion → assistant: acknowledgement → user: review request → assistant: a review from the kit's review
-    corpus. With probability ``agreement`` the demonstrator writes a review of the stated opinion's sentiment;
-    otherwise one drawn from the corpus's own mix, whatever the opinion.
+    corpus. With probability ``agreement`` the demonstrator writes a review of the stated opinion's sentiment,
+    otherwise one drawn from the corpus's own mix whatever the opinion; with probability ``DEMONSTRATOR_ECHO`` the
+    review opens by agreeing with the user ("I hated it too.").
     """
     if n < 0:
         raise ValueError(f"dialogue_corpus needs n >= 0, got {n}")
@@ -107,6 +110,8 @@ def dialogue_corpus(n: int, seed: int = 0, agreement: float = DEMONSTRATOR_AGREE
         else:
             row = pool[i]
         review = (row["prompt"] + row["completion"]).strip()
+        if rng.random() < DEMONSTRATOR_ECHO:
+            review = f"I {'loved' if opinion > 0 else 'hated'} it too. {review}"
         out.append({"messages": [
             {"role": "user", "content": _opening(rng, opinion)},
             {"role": "assistant", "content": rng.choice(ACKNOWLEDGEMENTS[opinion])},
