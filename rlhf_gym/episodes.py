@@ -115,6 +115,18 @@ def _stack_right(rows: list[torch.Tensor], pad: float) -> torch.Tensor:
     return torch.stack([torch.nn.functional.pad(r, (0, width - r.shape[0]), value=pad) for r in rows])
 
 
+def _check_context(setup: Any, policy: Any) -> None:
+    """A conversation at its longest plus a turn must fit in the model's positions."""
+    config = getattr(getattr(policy, "model", None), "config", None)
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    need = int(setup.max_context_tokens) + int(setup.max_new_tokens)
+    if isinstance(limit, int) and need > limit:
+        raise ConfigError(
+            f"the dialogue env allows max_context_tokens={setup.max_context_tokens} plus max_new_tokens="
+            f"{setup.max_new_tokens} = {need} tokens, but the policy's model handles {limit} positions; make the env "
+            f"with max_context_tokens={max(limit - int(setup.max_new_tokens), 1)} or fewer")
+
+
 class EpisodeWorker:
     """Collects whole conversations from a policy through a ``Dialogue-v0`` vector env (see module docstring).
 
@@ -133,8 +145,9 @@ class EpisodeWorker:
         self.num_prompts, self.group_size, self.seed = num_prompts, group_size, seed
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         check_action_space(self.env, policy)
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
         setup = self.env.setup
+        _check_context(setup, policy)
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.scenario_rng = np.random.default_rng(seed)
         self.sampler = PromptSampler(len(setup.scenarios), setup.shuffle)
         self.waves = 0

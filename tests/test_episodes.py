@@ -190,3 +190,9 @@ def test_vector_env_opens_the_scenarios_asked_for_and_refuses_bad_indices(policy
     for bad in ([5, 5], [0, 1, 16], [-1, 0, 0]):
         with pytest.raises(ValueError, match="scenario_index"):
             env.reset(options={"scenario_index": bad})
+
+
+def test_a_context_longer_than_the_model_handles_is_refused_up_front(policy):
+    env = make_env(policy, max_context_tokens=200)  # the tiny GPT-2 has 128 positions
+    with pytest.raises(ConfigError, match="max_context_tokens=122 or fewer"):
+        EpisodeWorker(env, policy, num_prompts=1)
