@@ -5,7 +5,8 @@ user asks for a review. The review is scored by how well its VADER sentiment mat
 it can only be solved by reading the history. Steps:
 
 1. supervised fine-tuning of the tiny review model on short dialogues in TRL's ``messages`` format (loss on the
-   assistant's turns only); their reviews ignore the opinion, so the SFT policy scores about 0;
+   assistant's turns only), from careless demonstrators whose reviews mostly ignore the opinion, so the SFT policy
+   scores about 0.1;
 2. RLOO on whole conversations through ``rlhf_gym/Dialogue-v0`` (β > 0, KL summed per conversation);
 3. the control: the same training where the policy sees only the user's last message (``history="last"``).
 
@@ -35,7 +36,7 @@ from rlhf_gym.tiny import build_tiny_kit
 from rlhf_gym.tiny_dialogues import dialogue_corpus, opinion_dialogue_settings
 
 SFT = {"batch_size": 16, "learning_rate": 1e-3, "max_prompt_tokens": 64, "max_completion_tokens": 64}
-RLOO = {"num_prompts": 8, "group_size": 4, "learning_rate": 5e-4, "beta": 0.05}
+RLOO = {"num_prompts": 8, "group_size": 4, "learning_rate": 2e-4, "beta": 0.05}
 EVAL_EPISODES = 128
 
 
@@ -48,7 +49,7 @@ def dialogue_env(policy: Policy, history: str, seed: int = 0) -> gym.Env:
 def fine_tune(kit_path: str, steps: int, seed: int) -> Policy:
     """The SFT policy: the review model taught the dialogue format on ``messages`` records."""
     policy = Policy.from_pretrained(kit_path)
-    sft = rlhf_gym.make_algorithm("sft", policy=policy, dataset=dialogue_corpus(2000, seed=seed), seed=seed, **SFT)
+    sft = rlhf_gym.make_algorithm("sft", policy=policy, dataset=dialogue_corpus(800, seed=seed), seed=seed, **SFT)
     sft.learn(steps, progress_bar=False)
     return policy
 
@@ -76,27 +77,27 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    sft_steps, updates = (60, 40) if args.quick else (150, 120)
+    sft_steps, updates, episodes = (100, 15, EVAL_EPISODES) if args.quick else (150, 15, 4 * EVAL_EPISODES)
     started = time.perf_counter()
     kit = build_tiny_kit()
 
     sft = fine_tune(kit.path, sft_steps, args.seed)
     sft_state = {k: v.clone() for k, v in sft.state_dict().items()}
     full_eval, last_eval = dialogue_env(sft, "all", seed=1), dialogue_env(sft, "last", seed=1)
-    before = evaluate_episodes(sft, full_eval, num_episodes=EVAL_EPISODES, seed=7)
+    before = evaluate_episodes(sft, full_eval, num_episodes=episodes, seed=7)
     show("SFT policy", before)
 
     trained = train(sft_state, kit.path, "all", updates, args.seed)
-    after = evaluate_episodes(trained, full_eval, num_episodes=EVAL_EPISODES, seed=7, reference=sft)
+    after = evaluate_episodes(trained, full_eval, num_episodes=episodes, seed=7, reference=sft)
     show(f"RLOO, {updates} updates, whole conversation", after)
 
     control = train(sft_state, kit.path, "last", updates, args.seed)
-    blind = evaluate_episodes(control, last_eval, num_episodes=EVAL_EPISODES, seed=7, reference=sft)
+    blind = evaluate_episodes(control, last_eval, num_episodes=episodes, seed=7, reference=sft)
     show(f"RLOO, {updates} updates, last user message only (control)", blind)
 
     print(json.dumps({"sft": round(before["mean"], 4), "trained": round(after["mean"], 4),
                       "control": round(blind["mean"], 4), "kl": round(after["kl"], 3),
-                      "control_kl": round(blind["kl"], 3), "episodes": EVAL_EPISODES, "updates": updates,
+                      "control_kl": round(blind["kl"], 3), "episodes": episodes, "updates": updates,
                       "seconds": round(time.perf_counter() - started, 1)}))
 
 

@@ -196,3 +196,26 @@ def test_a_context_longer_than_the_model_handles_is_refused_up_front(policy):
     env = make_env(policy, max_context_tokens=200)  # the tiny GPT-2 has 128 positions
     with pytest.raises(ConfigError, match="max_context_tokens=122 or fewer"):
         EpisodeWorker(env, policy, num_prompts=1)
+
+
+@pytest.mark.parametrize("name", ["rloo", "ppo"])
+def test_training_on_episodes_resumes_the_same_curve(random_model_path, tmp_path, name):
+    env = make_env(Policy.from_pretrained(random_model_path))
+    config = {"num_prompts": 2, "beta": 0.1, "seed": 3, "learning_rate": 1e-3,
+              **({"group_size": 2} if name == "rloo" else {"minibatch_size": 4, "ppo_epochs": 1})}
+
+    def fresh():
+        return rlhf_gym.make_algorithm(name, env=env, policy=Policy.from_pretrained(random_model_path), **config)
+
+    def point(m):
+        return (m["objective/scores"], m["objective/kl"], m["loss/policy_avg"])
+
+    curve: list = []
+    fresh().learn(3, callback=lambda algo, m: curve.append(point(m)), progress_bar=False)
+    resumed: list = []
+    first = fresh()
+    first.learn(2, callback=lambda algo, m: resumed.append(point(m)), progress_bar=False)
+    first.save(tmp_path / "ckpt")
+    second = type(first).load(tmp_path / "ckpt", env=env)
+    second.learn(3, callback=lambda algo, m: resumed.append(point(m)), progress_bar=False)
+    assert resumed == curve
