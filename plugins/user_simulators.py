@@ -243,6 +243,21 @@ class PolicyUser(UserSimulator):
         self._generator = torch.Generator(device=self.policy.device)
         self._generator.manual_seed(int(self.seed if seed is None else seed))
 
+    def _encode(self, texts: list[str]) -> tuple[Any, Any]:
+        """Rendered texts as a left-padded batch of their last ``max_context_tokens`` tokens (the template already
+        holds any special tokens, so none are added)."""
+        import torch
+
+        rows = [ids[-self.max_context_tokens:] or [self.policy.pad_token_id]
+                for ids in self.policy.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.policy.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row):] = 1
+        return ids.to(self.policy.device), mask.to(self.policy.device)
+
     def reply(self, conversations: list[Conversation], **row: Any) -> list[str | None]:
         if not conversations:
             return []
@@ -250,7 +265,7 @@ class PolicyUser(UserSimulator):
         kwargs = {} if self.chat_template is None else {"chat_template": self.chat_template}
         texts = tokenizer.apply_chat_template([_swap_roles(c, self.system) for c in conversations],
                                               add_generation_prompt=True, tokenize=False, **kwargs)
-        ids, mask = self.policy.tokenize_prompts(list(texts), self.max_context_tokens)
+        ids, mask = self._encode(list(texts))
         generation = self.policy.generate(ids, mask, self.max_new_tokens, generator=self._generator,
                                           **self.sampling)
         out: list[str | None] = []

@@ -319,11 +319,11 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     if args.resume:
         return resume(args.resume, opts, progress)
     algo_cls = algorithm_class(opts.algo)  # unknown names fail here, before any work
+    if opts.env:
+        check_env_id(opts.env)  # so does an unknown --env
     from rlhf_gym.config import build_config
 
     build_config(algo_cls.Config, opts.algo_config, owner=f"algorithm {opts.algo!r}")
-    if opts.env:
-        check_env_id(opts.env)
     run_dir = Path(opts.out) if opts.out else default_run_dir(opts.algo)
     run_dir.mkdir(parents=True, exist_ok=True)
     policy, prompts = prepare_policy(opts, run_dir, progress)

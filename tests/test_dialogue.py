@@ -346,3 +346,36 @@ def test_the_user_writes_the_opening_when_a_scenario_has_none(tok):
     env = make(tok, scenarios=[{"system": "You help.", "opening": "Hello bot"}])
     _, info = env.reset(seed=0)
     assert info["messages"][-1] == {"role": "user", "content": "Hello bot"}
+
+
+@pytest.mark.parametrize("fail_in", ["provider", "user", "final"])
+def test_a_failing_provider_or_simulator_leaves_every_conversation_as_it_was(tok, fail_in):
+    state = {"fail": True}
+
+    def reward(prompts, completions, **row):
+        if fail_in == "provider" and state["fail"]:
+            raise TimeoutError("judge timed out")
+        return [1.0] * len(prompts)
+
+    def final(prompts, completions, **row):
+        if fail_in == "final" and state["fail"]:
+            raise TimeoutError("judge timed out")
+        return [5.0] * len(prompts)
+
+    def user(conversations, **row):
+        if fail_in == "user" and state["fail"]:
+            raise ConnectionError("the person stepped away")
+        return [None] * len(conversations)
+
+    envs = DialogueVectorEnv(num_envs=3, tokenizer=tok, scenarios=SCENARIOS, reward=reward, final_reward=final,
+                             reward_mode="both", user=user, shuffle=False)
+    obs, _ = envs.reset(seed=0)
+    before = envs.current_messages()
+    with pytest.raises((TimeoutError, ConnectionError)):
+        envs.step([" a", " b", " c"])
+    after_obs = envs._batch.observation()
+    assert envs.current_messages() == before and np.array_equal(after_obs["input_ids"], obs["input_ids"])
+    assert envs._batch.turn.tolist() == [0, 0, 0]
+    state["fail"] = False
+    _, rewards, terminated, _, info = envs.step([" a", " b", " c"])
+    assert rewards.tolist() == [6.0, 6.0, 6.0] and terminated.all() and info["turn"].tolist() == [1, 1, 1]

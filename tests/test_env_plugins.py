@@ -173,3 +173,23 @@ def test_disabled_plugins_register_no_environments(on_path, monkeypatch):
         monkeypatch.setenv("RLHF_GYM_DISABLE_PLUGINS", value)
         _unregister_gym_ids("dialogue-tasks")
         assert rlhf_gym.register_plugin_environments() == [] and IDS[0] not in gym.registry
+
+
+def test_an_installed_plugin_that_fails_to_import_does_not_stop_the_others(on_path, tmp_path, monkeypatch):
+    (tmp_path / "broken_tasks.py").write_text("raise RuntimeError('broken on purpose')\n")
+    (tmp_path / "raising_tasks.py").write_text(
+        "import rlhf_gym\n\n@rlhf_gym.hookimpl\ndef register_environments(register):\n    raise KeyError('nope')\n")
+    info = tmp_path / "broken_tasks-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-tasks\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[rlhf_gym]\nbroken = broken_tasks\nraising = raising_tasks\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        registered = rlhf_gym.register_plugin_environments()
+    messages = [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
+    assert any("'broken'" in m and "broken on purpose" in m for m in messages), messages
+    assert any("'raising'" in m and "KeyError" in m for m in messages), messages
+    assert set(IDS) <= set(registered)
+    sys.modules.pop("raising_tasks", None)

@@ -160,13 +160,18 @@ def test_policy_user_writes_turns_with_roles_swapped_and_reproducibly(tiny_kit):
 # -- live-user ---------------------------------------------------------------------------------------------------
 
 
-def test_live_user_in_the_terminal_shows_the_conversation_and_reads_replies():
+def test_live_user_in_the_terminal_shows_the_conversation_and_reads_replies(tiny_tokenizer):
     out = io.StringIO()
-    user = rlhf_gym.make_user_simulator("live-user", stdin=io.StringIO("tell me more\n/end\n\n"), stdout=out)
+    user = rlhf_gym.make_user_simulator("live-user", stdin=io.StringIO("tell me more\r\n/end\n\n"), stdout=out)
     assert not user.deterministic
     replies = user.reply([conv("Hi", "Hello, how can I help?"), conv("A", "B"), conv("C", "D")])
     assert replies == ["tell me more", None, None]
     assert "Hello, how can I help?" in out.getvalue() and "conversation 1 of 3" in out.getvalue()
+    import gymnasium as gym
+
+    env = gym.make("rlhf_gym/Dialogue-v0", tokenizer=tiny_tokenizer, scenarios=["Hi"], user=user,
+                   reward="length")
+    assert env.unwrapped.spec.nondeterministic and env.unwrapped.metadata["nondeterministic"]
     for stdin in ("/quit\n", ""):
         user = rlhf_gym.make_user_simulator("live-user", stdin=io.StringIO(stdin), stdout=io.StringIO())
         with pytest.raises(ChatStopped):
@@ -223,9 +228,11 @@ def test_live_user_on_the_web_page_answers_a_dialogue_env(tiny_tokenizer):
         assert turns and turns[0]["messages"] == [{"role": "user", "content": "Hi"},
                                                   {"role": "assistant", "content": "hello"}]
         for bad in ({"id": "x", "text": "a"}, {"id": turns[0]["id"], "text": "  "}, {"id": turns[0]["id"]},
-                    {"text": "a"}, ["not", "a", "dict"]):
+                    {"text": "a"}, ["not", "a", "dict"], {"id": True, "text": "a"},
+                    {"id": turns[0]["id"], "text": 5}, {"id": turns[0]["id"], "end": "yes"}):
             assert _call(server, "/api/chat/reply", bad)[0] == 400
         assert _call(server, "/api/chat/reply", {"id": 999, "text": "a"})[0] == 404
+        assert _call(server, "/api/chat/reply", {"id": turns[0]["id"], "text": "x" * 100_000})[0] == 413
         assert _call(server, "/api/chat/reply", {"id": turns[0]["id"], "text": "what's up?"})[0] == 200
         assert _call(server, "/api/chat/reply", {"id": turns[0]["id"], "text": "again"})[0] == 409
         second = _call(server, "/api/chat/next")[1]["turn"]

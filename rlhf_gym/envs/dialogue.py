@@ -144,7 +144,21 @@ class ConversationBatch:
 
     def step(self, rows: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                                    list[dict[str, Any]]]:
-        """Take one assistant turn (token rows) in every slot; returns rewards, terminated, truncated, infos."""
+        """Take one assistant turn (token rows) in every slot; returns rewards, terminated, truncated, infos.
+
+        If a provider or the user simulator raises, every conversation is left as it was before the step, so the
+        step can be retried (a person who stepped away, a judge that timed out).
+        """
+        saved = (copy.deepcopy(self.messages), self.turn.copy(), list(self.rendered), self.ids.copy(),
+                 self.mask.copy(), self.lengths.copy())
+        try:
+            return self._step(rows, lengths)
+        except BaseException:
+            self.messages, self.turn, self.rendered, self.ids, self.mask, self.lengths = saved
+            raise
+
+    def _step(self, rows: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                    list[dict[str, Any]]]:
         setup, n, every = self.setup, self.n, list(range(self.n))
         completions = decode_completions(setup, rows, lengths)  # type: ignore[arg-type]
         prompts = list(self.rendered)

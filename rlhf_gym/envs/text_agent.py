@@ -165,9 +165,9 @@ class TextAgentEnv(gym.Env):
             raise RuntimeError(f"{ENV_NAME}: the episode is over (or never started); call reset() before step()")
         rows, lengths = completion_rows(self.chat, [action], ENV_NAME)  # type: ignore[arg-type]
         reply = decode_completions(self.chat, rows, lengths)[0]  # type: ignore[arg-type]
+        inner_action, reason = self._parse(reply)  # before any change: a parser that raises changes nothing
         self.messages.append({"role": "assistant", "content": reply.strip()})
         self._turn += 1
-        inner_action, reason = self._parse(reply)
         terminated = truncated = False
         ended_by: str | None = None
         env_info: dict[str, Any] = {}

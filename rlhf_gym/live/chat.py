@@ -28,6 +28,7 @@ from typing import IO, Any
 from rlhf_gym.errors import ConfigError, RLHFGymError
 
 END_COMMANDS = ("", "/end")
+MAX_REQUEST_BYTES = 64 * 1024
 QUIT_COMMAND = "/quit"
 
 
@@ -66,7 +67,7 @@ class TerminalChat:
             line = self.stdin.readline()
             if not line or line.strip() == QUIT_COMMAND:
                 raise ChatStopped("the live user stopped the session")
-            text = line.rstrip("\n")
+            text = line.rstrip("\r\n")
             out.append(None if text.strip() in END_COMMANDS else text)
         return out
 
@@ -134,6 +135,7 @@ def create_chat_app(queue: ChatQueue, *, token: str) -> Any:
     if not token:
         raise ValueError("the chat page needs a non-empty access token")
     app = Flask("rlhf_gym.live.chat", static_folder=str(STATIC_DIR), template_folder=str(STATIC_DIR))
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES  # a reply is a chat message, not a file
 
     @app.before_request
     def _check_token() -> None:
