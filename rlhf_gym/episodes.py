@@ -115,16 +115,20 @@ def _stack_right(rows: list[torch.Tensor], pad: float) -> torch.Tensor:
     return torch.stack([torch.nn.functional.pad(r, (0, width - r.shape[0]), value=pad) for r in rows])
 
 
-def _check_context(setup: Any, policy: Any) -> None:
-    """A conversation at its longest plus a turn must fit in the model's positions."""
+def _position_limit(policy: Any) -> int | None:
     config = getattr(getattr(policy, "model", None), "config", None)
     limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-    need = int(setup.max_context_tokens) + int(setup.max_new_tokens)
-    if isinstance(limit, int) and need > limit:
+    return limit if isinstance(limit, int) else None
+
+
+def _check_context(width: int, max_new_tokens: int, limit: int | None, max_context_tokens: int) -> None:
+    """A conversation so far plus a turn must fit in the model's positions."""
+    if limit is not None and width + max_new_tokens > limit:
         raise ConfigError(
-            f"the dialogue env allows max_context_tokens={setup.max_context_tokens} plus max_new_tokens="
-            f"{setup.max_new_tokens} = {need} tokens, but the policy's model handles {limit} positions; make the env "
-            f"with max_context_tokens={max(limit - int(setup.max_new_tokens), 1)} or fewer")
+            f"a conversation reached {width} tokens; with a turn of up to {max_new_tokens} tokens that is more than "
+            f"the {limit} positions the policy's model handles. Make the env with max_context_tokens="
+            f"{max(limit - max_new_tokens, 1)} or fewer (now {max_context_tokens}): longer conversations are then "
+            f"truncated by the env")
 
 
 class EpisodeWorker:
@@ -146,7 +150,7 @@ class EpisodeWorker:
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         check_action_space(self.env, policy)
         setup = self.env.setup
-        _check_context(setup, policy)
+        self.position_limit = _position_limit(policy)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.scenario_rng = np.random.default_rng(seed)
         self.sampler = PromptSampler(len(setup.scenarios), setup.shuffle)
@@ -185,6 +189,7 @@ class EpisodeWorker:
             live = np.flatnonzero(active)
             ids, mask = _trim_left(torch.as_tensor(obs["input_ids"][live], device=device),
                                    torch.as_tensor(obs["attention_mask"][live], device=device))
+            _check_context(ids.shape[1], self.max_new_tokens, self.position_limit, env.setup.max_context_tokens)
             prompts = env.current_prompts()
             t0 = time.perf_counter()
             gen = policy.generate(ids, mask, self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
@@ -324,17 +329,23 @@ def episode_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
 
 @torch.no_grad()
 def evaluate_episodes(policy: Any, env: Any, *, num_episodes: int = 128, batch_size: int = 64, seed: int = 12345,
-                      temperature: float = 1.0, reference: Any = None) -> dict[str, Any]:
+                      temperature: float = 1.0, reference: Any = None, reward: Any = None) -> dict[str, Any]:
     """Mean return of ``num_episodes`` fresh conversations of ``policy`` on a dialogue ``env``.
 
     Args:
         reference: a :class:`~rlhf_gym.Policy` or reference model: also the mean per-episode KL
             ``Σ_turns Σ_t log π(y_t) − log π_ref(y_t)`` of the sampled turns (``"kl"``), e.g. to the SFT policy.
+        reward: judge each finished conversation with this provider (name/object/callable) instead of the env's
+            rewards: its score of the last assistant turn (with the whole conversation as ``messages``).
 
     Returns:
-        ``{"mean", "std", "scores", "samples", "mean_turns"}`` and ``"kl"`` with a reference; an episode's score
-        is the sum of its turns' rewards (episodes no provider scored are left out).
+        ``{"mean", "std", "scores", "samples", "mean_turns", "mean_length"}`` and ``"kl"`` with a reference; an
+        episode's score is the sum of its turns' rewards (episodes no provider scored are left out). Each sample
+        holds the conversation (``messages``), its last context and turn (``prompt``, ``completion``) and ``score``.
     """
+    from rlhf_gym.providers import as_provider, checked_scores
+
+    judge = as_provider(reward) if reward is not None else None
     batch_size = min(batch_size, num_episodes)
     worker = EpisodeWorker(env, policy, num_prompts=batch_size, seed=seed, temperature=temperature)
     ref_logprobs = getattr(reference, "logprobs", None)
@@ -344,6 +355,7 @@ def evaluate_episodes(policy: Any, env: Any, *, num_episodes: int = 128, batch_s
     scores: list[float] = []
     samples: list[dict[str, Any]] = []
     turns: list[int] = []
+    lengths: list[float] = []
     kls: list[float] = []
     was_training = policy.training
     policy.eval()
@@ -356,15 +368,24 @@ def evaluate_episodes(policy: Any, env: Any, *, num_episodes: int = 128, batch_s
                 token_kl = (batch.logprobs - ref_logprobs(*args, temperature=temperature)) * batch.completion_mask
                 kls.extend(batch.per_episode(token_kl.sum(-1)).tolist())
             turns.extend(batch.per_episode(torch.ones_like(batch.scores)).long().tolist())
+            lengths.extend(batch.completion_mask.sum(-1).tolist())
+            last = [int(torch.nonzero(batch.episode == e)[-1]) for e in range(batch.num_episodes)]
+            if judge is not None:
+                judged = checked_scores(judge, judge.score(
+                    [batch.prompts[r] for r in last], [batch.completions[r] for r in last],
+                    messages=batch.conversations), batch.num_episodes)
+                valid = torch.tensor([j is not None for j in judged])
+                totals = torch.tensor([0.0 if j is None else float(j) for j in judged])
             for e in range(batch.num_episodes):
                 if bool(valid[e]) and len(scores) < num_episodes:
                     scores.append(float(totals[e]))
-                    samples.append({"messages": batch.conversations[e], "score": float(totals[e])})
+                    samples.append({"messages": batch.conversations[e], "prompt": batch.prompts[last[e]],
+                                    "completion": batch.completions[last[e]], "score": float(totals[e])})
     finally:
         policy.train(was_training)
     arr = np.asarray(scores, dtype=np.float64)
     out = {"mean": float(arr.mean()), "std": float(arr.std()), "scores": scores, "samples": samples,
-           "mean_turns": float(np.mean(turns))}
+           "mean_turns": float(np.mean(turns)), "mean_length": float(np.mean(lengths))}
     if kls:
         out["kl"] = float(np.mean(kls))
     return out

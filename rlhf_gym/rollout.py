@@ -218,9 +218,15 @@ def evaluate(policy: Any, env: Any, *, num_samples: int = 128, batch_size: int =
             ``Σ_t log π(y_t) − log π_ref(y_t)`` of the samples (``"kl"``), e.g. to the SFT policy.
 
     Returns:
-        ``{"mean", "std", "scores", "samples", "mean_length"}`` and ``"kl"`` with a reference.
+        ``{"mean", "std", "scores", "samples", "mean_length"}`` and ``"kl"`` with a reference. On a multi-turn
+        dialogue env a sample is a whole conversation (see :func:`rlhf_gym.episodes.evaluate_episodes`).
     """
+    from rlhf_gym.episodes import evaluate_episodes, is_episode_env
     from rlhf_gym.providers import as_provider, checked_scores
+
+    if is_episode_env(env):
+        return evaluate_episodes(policy, env, num_episodes=num_samples, batch_size=batch_size, seed=seed,
+                                 temperature=temperature, reference=reference, reward=reward)
 
     batch_size = min(batch_size, num_samples)
     worker = RolloutWorker(env, policy, num_prompts=batch_size, seed=seed, temperature=temperature)

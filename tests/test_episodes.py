@@ -192,10 +192,12 @@ def test_vector_env_opens_the_scenarios_asked_for_and_refuses_bad_indices(policy
             env.reset(options={"scenario_index": bad})
 
 
-def test_a_context_longer_than_the_model_handles_is_refused_up_front(policy):
-    env = make_env(policy, max_context_tokens=200)  # the tiny GPT-2 has 128 positions
+def test_a_conversation_longer_than_the_model_handles_is_a_clear_error(policy):
+    long_opening = [{"prompt": "I loved the movie. " + "It was long. " * 40, "follow_ups": ["Review it."], "opinion": 1}]
+    env = make_env(policy, max_context_tokens=200, scenarios=long_opening)  # the tiny GPT-2 has 128 positions
+    worker = EpisodeWorker(env, policy, num_prompts=1)  # short conversations would fit: no error up front
     with pytest.raises(ConfigError, match="max_context_tokens=122 or fewer"):
-        EpisodeWorker(env, policy, num_prompts=1)
+        worker.collect()
 
 
 @pytest.mark.parametrize("name", ["rloo", "ppo"])
@@ -219,3 +221,16 @@ def test_training_on_episodes_resumes_the_same_curve(random_model_path, tmp_path
     second = type(first).load(tmp_path / "ckpt", env=env)
     second.learn(3, callback=lambda algo, m: resumed.append(point(m)), progress_bar=False)
     assert resumed == curve
+
+
+def test_evaluate_plays_whole_conversations_on_a_dialogue_env_and_can_use_another_judge(policy):
+    from rlhf_gym.rollout import evaluate
+
+    env = make_env(policy)
+    result = evaluate(policy, env, num_samples=4, batch_size=4, seed=1)
+    assert result["mean_turns"] == 2.0 and len(result["samples"]) == 4
+    assert result["samples"][0]["completion"].strip() == result["samples"][0]["messages"][-1]["content"]
+    judged = evaluate(policy, env, num_samples=4, batch_size=4, seed=1,
+                      reward=lambda prompts, completions, **kw: [float(len(kw["messages"][i])) for i in
+                                                                 range(len(completions))])
+    assert judged["scores"] == [4.0] * 4  # the judge saw each whole conversation
