@@ -7,7 +7,8 @@ it can only be solved by reading the history. Steps:
 1. supervised fine-tuning of the tiny review model on short dialogues in TRL's ``messages`` format (loss on the
    assistant's turns only), from careless demonstrators whose reviews mostly ignore the opinion, so the SFT policy
    scores about 0.1;
-2. RLOO on whole conversations through ``rlhf_gym/Dialogue-v0`` (β > 0, KL summed per conversation);
+2. RLOO on whole conversations through ``rlhf_gym/OpinionDialogue-v0`` (``Dialogue-v0`` with the task's settings;
+   β > 0, KL summed per conversation);
 3. the control: the same training where the policy sees only the user's last message (``history="last"``).
 
 Run it (the tiny kit is built and cached on first use, a minute or two)::
@@ -33,7 +34,7 @@ import rlhf_gym
 from rlhf_gym.episodes import evaluate_episodes
 from rlhf_gym.policy import Policy
 from rlhf_gym.tiny import build_tiny_kit
-from rlhf_gym.tiny_dialogues import dialogue_corpus, opinion_dialogue_settings
+from rlhf_gym.tiny_dialogues import dialogue_corpus, dialogue_scenarios
 
 SFT = {"batch_size": 16, "learning_rate": 1e-3, "max_prompt_tokens": 64, "max_completion_tokens": 64}
 RLOO = {"num_prompts": 8, "group_size": 4, "learning_rate": 2e-4, "beta": 0.05}
@@ -41,9 +42,10 @@ EVAL_EPISODES = 128
 
 
 def dialogue_env(policy: Policy, history: str, seed: int = 0) -> gym.Env:
-    """The demo task as a ``Dialogue-v0`` env; ``history="last"`` shows the policy only the last user message."""
-    return gym.make("rlhf_gym/Dialogue-v0", tokenizer=policy.tokenizer, vocab_size=policy.vocab_size,
-                    **opinion_dialogue_settings(history, seed=seed))
+    """The demo task (``rlhf_gym/OpinionDialogue-v0``); ``history="last"`` shows the policy only the last user
+    message. ``seed`` picks the scenarios (training and evaluation use different ones)."""
+    return gym.make("rlhf_gym/OpinionDialogue-v0", tokenizer=policy.tokenizer, vocab_size=policy.vocab_size,
+                    history=history, scenarios=dialogue_scenarios(256, seed=seed))
 
 
 def fine_tune(kit_path: str, steps: int, seed: int) -> Policy:

@@ -157,6 +157,22 @@ def opinion_dialogue_settings(history: str = "all", num_scenarios: int = 256, se
             "chat_template": LAST_MESSAGE_TEMPLATE if history == "last" else None}
 
 
+def make_opinion_dialogue(history: str = "all", **kwargs: Any) -> Any:
+    """``rlhf_gym/OpinionDialogue-v0``: ``Dialogue-v0`` with the demo task's settings (add ``tokenizer=``); the
+    keyword arguments of ``Dialogue-v0`` override them, ``history="last"`` is the control."""
+    from rlhf_gym.envs.dialogue import DialogueEnv
+
+    return DialogueEnv(**{**opinion_dialogue_settings(history), **kwargs})
+
+
+def make_opinion_dialogue_vec(num_envs: int = 1, history: str = "all", **kwargs: Any) -> Any:
+    """The native vector env of ``rlhf_gym/OpinionDialogue-v0``."""
+    from rlhf_gym.envs.dialogue import DialogueVectorEnv
+
+    kwargs.pop("render_mode", None)
+    return DialogueVectorEnv(num_envs=num_envs, **{**opinion_dialogue_settings(history), **kwargs})
+
+
 class OpinionMatchReward(RewardProvider):
     """Reward provider of the demo task: :func:`opinion_match` of the last assistant turn.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gymnasium as gym
 import pytest
 import torch
+from gymnasium.utils.env_checker import check_env
 
 import rlhf_gym
 from rlhf_gym.advantages import gae
@@ -234,3 +235,18 @@ def test_evaluate_plays_whole_conversations_on_a_dialogue_env_and_can_use_anothe
                       reward=lambda prompts, completions, **kw: [float(len(kw["messages"][i])) for i in
                                                                  range(len(completions))])
     assert judged["scores"] == [4.0] * 4  # the judge saw each whole conversation
+
+
+@pytest.mark.filterwarnings("ignore:.*symmetric and normalized space")  # token ids are not a control signal
+@pytest.mark.parametrize("history", ["all", "last"])
+def test_the_demo_task_has_its_own_id_and_vector_env(policy, history):
+    env = gym.make("rlhf_gym/OpinionDialogue-v0", tokenizer=policy.tokenizer, vocab_size=policy.vocab_size,
+                   history=history, max_new_tokens=6)
+    obs, info = env.reset(seed=0)
+    assert info["messages"][0]["role"] == "user" and stated_opinion(info["messages"]) in (1, -1)
+    check_env(env.unwrapped, skip_render_check=True)
+    vec = gym.make_vec("rlhf_gym/OpinionDialogue-v0", num_envs=3, vectorization_mode="vector_entry_point",
+                       tokenizer=policy.tokenizer, vocab_size=policy.vocab_size, history=history, max_new_tokens=6)
+    batch = EpisodeWorker(vec, policy, num_prompts=3, seed=0).collect()
+    review_prompts = [p for p, t in zip(batch.prompts, batch.turn.tolist()) if t == 1]
+    assert all(("loved" in p or "hated" in p) == (history == "all") for p in review_prompts)
