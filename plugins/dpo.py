@@ -21,7 +21,12 @@ import torch
 
 import rlhf_gym
 from rlhf_gym.config import hp
-from rlhf_gym.data import ShuffledIndices, load_preference_texts, tokenize_completions
+from rlhf_gym.data import (
+    ShuffledIndices,
+    load_preference_texts,
+    tokenize_completions,
+    tokenize_rendered_prompts,
+)
 from rlhf_gym.errors import ConfigError
 from rlhf_gym.losses import DPO_LOSS_TYPES, dpo_loss
 from rlhf_gym.online import OnlineAlgorithm, OnlineConfig
@@ -74,7 +79,9 @@ class DPO(OnlineAlgorithm):
         cfg = self.config
         pol = self.policy
         records, conversational = load_preference_texts(cfg.dataset, pol.tokenizer, what="DPO dataset")
-        self.prompt_ids, self.prompt_mask = pol.tokenize_prompts([r["prompt"] for r in records], cfg.max_prompt_tokens)
+        prompts = [r["prompt"] for r in records]
+        self.prompt_ids, self.prompt_mask = (tokenize_rendered_prompts(pol, prompts, cfg.max_prompt_tokens)
+                                             if conversational else pol.tokenize_prompts(prompts, cfg.max_prompt_tokens))
         # a conversation's answers end as the chat template ends an assistant turn; text answers get EOS
         tok = dict(pad_token_id=pol.pad_token_id, eos_token_id=pol.eos_token_id, add_eos=not conversational)
         self.chosen_ids, self.chosen_mask = tokenize_completions(

@@ -149,6 +149,18 @@ def _right_padded(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
+def tokenize_rendered_prompts(policy: Any, texts: Sequence[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``(ids, mask)`` of prompts rendered by a chat template, left-truncated to ``max_tokens``.
+
+    No special tokens are added: the template writes its own (a BOS added again would double it)."""
+    start = getattr(policy.tokenizer, "bos_token_id", None)
+    start = start if start is not None else policy.eos_token_id
+    rows = [list(ids)[-max_tokens:] or [start] for ids in
+            policy.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    ids, mask = _left_padded(rows, policy.pad_token_id)
+    return ids.to(policy.device), mask.to(policy.device)
+
+
 def load_sft_data(source: Any, policy: Any, *, max_prompt_tokens: int, max_completion_tokens: int,
                   add_eos: bool = True, what: str = "SFT dataset") -> SFTData:
     """Demonstrations in any of TRL's SFT formats, tokenised for ``policy``.
