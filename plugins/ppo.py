@@ -1,8 +1,9 @@
 """PPO for language models (token-level, Ziegler et al. 2019 / Ouyang et al. 2022), as a built-in plugin.
 
 Each update: sample a batch through the rollout worker → old log-probs and values in one batched forward,
-reference log-probs in another → per-token rewards (−β·KL on every token, the score on the last) → GAE (γ=1, λ=0.95; over a conversation's
-assistant turns in order on multi-turn envs, each turn's score at its last token) → ``ppo_epochs`` passes over shuffled minibatches of the clipped policy loss + ``vf_coef`` × clipped value loss.
+reference log-probs in another → per-token rewards (−β·KL on every token, the score on the last) → GAE (γ=1, λ=0.95)
+→ ``ppo_epochs`` passes over shuffled minibatches of the clipped policy loss + ``vf_coef`` × clipped value loss.
+On multi-turn envs GAE runs over a conversation's assistant turns in order, each turn's score at its last token.
 """
 
 from __future__ import annotations
