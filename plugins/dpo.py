@@ -1,9 +1,10 @@
 """The DPO adapter (Rafailov et al. 2023), as a built-in plugin: learn from preference pairs directly, no reward
 model.
 
-- **Offline**: ``dataset=`` a TRL-format preference file (``prompt``/``chosen``/``rejected``: ``.jsonl``,
-  ``.parquet``), a preference store (``.sqlite``), a ``datasets.Dataset`` or a list of dicts. Everything is
-  tokenised once; each pair's reference log-probs are computed once and cached.
+- **Offline**: ``dataset=`` a TRL-format preference file (``prompt``/``chosen``/``rejected`` as text or as message
+  lists, or implicit-prompt ``chosen``/``rejected`` conversations: ``.jsonl``, ``.parquet``), a preference store
+  (``.sqlite``), a ``datasets.Dataset`` or a list of dicts. Conversations are rendered with the chat template.
+  Everything is tokenised once; each pair's reference log-probs are computed once and cached.
 - **Online** (no dataset): each update samples ``group_size`` completions per prompt through the env, asks the
   env's reward provider to ``compare`` every pair within a prompt's group in one batched call (this is where a
   simulated or live human's pairwise judgement enters), and updates on the decided pairs (ties and skips dropped).
@@ -21,7 +22,12 @@ import torch
 import rlhf_gym
 from rlhf_gym.advantages import masked_mean
 from rlhf_gym.config import hp
-from rlhf_gym.data import ShuffledIndices, load_records, tokenize_completions
+from rlhf_gym.data import (
+    ShuffledIndices,
+    load_preference_texts,
+    tokenize_completions,
+    tokenize_rendered_prompts,
+)
 from rlhf_gym.errors import ConfigError
 from rlhf_gym.losses import DPO_LOSS_TYPES, dpo_loss
 from rlhf_gym.online import OnlineAlgorithm, OnlineConfig
@@ -72,10 +78,13 @@ class DPO(OnlineAlgorithm):
     # -- offline data: tokenised once, reference log-probs cached ---------------------------------------------------
     def _setup_offline(self) -> None:
         cfg = self.config
-        records = load_records(cfg.dataset, ("prompt", "chosen", "rejected"), what="DPO dataset")
         pol = self.policy
-        self.prompt_ids, self.prompt_mask = pol.tokenize_prompts([r["prompt"] for r in records], cfg.max_prompt_tokens)
-        tok = dict(pad_token_id=pol.pad_token_id, eos_token_id=pol.eos_token_id)
+        records, conversational = load_preference_texts(cfg.dataset, pol.tokenizer, what="DPO dataset")
+        prompts = [r["prompt"] for r in records]
+        self.prompt_ids, self.prompt_mask = (tokenize_rendered_prompts(pol, prompts, cfg.max_prompt_tokens)
+                                             if conversational else pol.tokenize_prompts(prompts, cfg.max_prompt_tokens))
+        # a conversation's answers end as the chat template ends an assistant turn; text answers get EOS
+        tok = dict(pad_token_id=pol.pad_token_id, eos_token_id=pol.eos_token_id, add_eos=not conversational)
         self.chosen_ids, self.chosen_mask = tokenize_completions(
             pol.tokenizer, [r["chosen"] for r in records], cfg.max_completion_tokens, **tok)
         self.rejected_ids, self.rejected_mask = tokenize_completions(

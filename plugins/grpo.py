@@ -1,6 +1,7 @@
 """GRPO (Shao et al. 2024, DeepSeekMath), as a built-in plugin: k completions per prompt, advantages normalised
 within each prompt's group, PPO's clipped objective on every token, and the KL to the reference as a loss term
-(k3 estimator) rather than folded into the reward. No value head.
+(k3 estimator) rather than folded into the reward. No value head. On multi-turn envs a group is ``group_size``
+conversations from one scenario, normalised on their episode returns (discounted per turn by ``turn_discount``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,12 @@ class GRPO(OnlineAlgorithm):
         if not self.has_scores(batch):
             return self.skip_update(batch)
         # -- advantages: scores normalised within each prompt's group, over its scored members only ---------------
-        adv = group_normalised_advantages(batch.scores, cfg.group_size, scale=cfg.scale_rewards, valid=batch.valid)
+        scores, valid = batch.scores, batch.valid
+        if (episodes := batch.episodes) is not None:  # multi-turn: one return per conversation
+            scores, valid = episodes.returns(scores, cfg.turn_discount), episodes.episode_valid
+        adv = group_normalised_advantages(scores, cfg.group_size, scale=cfg.scale_rewards, valid=valid)
+        if episodes is not None:
+            adv = episodes.to_turns(adv)
         mask = r.completion_mask * batch.valid.unsqueeze(-1).to(r.completion_mask.dtype)
         # -- update: clipped objective + β·k3 KL per token ------------------------------------------------------------
         start = time.perf_counter()

@@ -3,6 +3,7 @@
 Each update: sample a batch through the rollout worker → old log-probs and values in one batched forward,
 reference log-probs in another → per-token rewards (−β·KL on every token, the score on the last) → GAE (γ=1, λ=0.95)
 → ``ppo_epochs`` passes over shuffled minibatches of the clipped policy loss + ``vf_coef`` × clipped value loss.
+On multi-turn envs GAE runs over a conversation's assistant turns in order, each turn's score at its last token.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import rlhf_gym
 from rlhf_gym.advantages import gae, masked_mean, masked_whiten
 from rlhf_gym.config import hp
+from rlhf_gym.episodes import episode_gae
 from rlhf_gym.kl import kl_penalised_rewards
 from rlhf_gym.losses import ppo_policy_loss, ppo_value_loss
 from rlhf_gym.online import OnlineAlgorithm, OnlineConfig
@@ -54,7 +56,11 @@ class PPO(OnlineAlgorithm):
         # -- advantages: −β·KL per token, the score at the last token, GAE over the completion ------------------
         rewards = kl_penalised_rewards(batch.scores, batch.logprobs, batch.ref_logprobs, mask, self.kl_ctl.value,
                                        self.config.kl_estimator).rewards
-        advantages, returns = gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
+        if batch.episodes is None:
+            advantages, returns = gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
+        else:  # multi-turn: one GAE pass over each episode's assistant tokens, across its turns
+            advantages, returns = episode_gae(rewards, batch.values, mask, batch.episodes, cfg.gamma, cfg.lam,
+                                              cfg.turn_discount)
         if cfg.whiten_advantages and int(loss_mask.sum()) > 1:  # a variance needs two scored tokens
             advantages = masked_whiten(advantages, loss_mask)
 

@@ -2,7 +2,8 @@
 plugins.
 
 Each update: sample a batch → reward = score − β·KL(sequence) against the frozen reference → advantage = reward −
-baseline → one gradient step on ``−A · log π(y|x)``. RLOO (Ahmadian et al. 2024) samples ``group_size`` completions
+baseline → one gradient step on ``−A · log π(y|x)``. On multi-turn envs a sample is a conversation: its reward is
+the episode return (turn scores − β·KL, discounted per turn by ``turn_discount``), shared by all its turns. RLOO (Ahmadian et al. 2024) samples ``group_size`` completions
 per prompt and uses the mean reward of the *other* completions of the same prompt as each one's baseline.
 """
 
@@ -50,9 +51,15 @@ class PolicyGradient(OnlineAlgorithm):
             return self.skip_update(batch)
         # -- advantages: sequence reward = score − β·KL, minus the baseline ----------------------------------------
         rewards = batch.scores - self.kl_ctl.value * batch.sequence_kl
-        adv = self.advantages(rewards, batch.valid)
+        valid = batch.valid
+        if (episodes := batch.episodes) is not None:  # multi-turn: one return per conversation
+            rewards, valid = episodes.returns(rewards, cfg.turn_discount), episodes.episode_valid
+        adv = self.advantages(rewards, valid)
         if cfg.normalize_advantages:
-            adv = masked_scale(adv, batch.valid)
+            adv = masked_scale(adv, valid)
+        adv_std = float(adv[valid].std()) if int(valid.sum()) > 1 else 0.0
+        if episodes is not None:
+            adv = episodes.to_turns(adv)  # every turn of a conversation shares its advantage
         # -- update: one gradient step on −A·log π(y|x) --------------------------------------------------------------
         start = time.perf_counter()
         mask = r.completion_mask * batch.valid.unsqueeze(-1).to(r.completion_mask.dtype)
@@ -65,7 +72,7 @@ class PolicyGradient(OnlineAlgorithm):
         metrics = self.batch_metrics(batch, entropy=float(masked_mean(out.entropy.detach(), mask)))
         metrics.update({
             "loss/policy_avg": loss.item(),
-            "objective/advantage_std": float(adv[batch.valid].std()) if int(batch.valid.sum()) > 1 else 0.0,
+            "objective/advantage_std": adv_std,
             "timing/update": update_time + r.timing.get("forward", 0.0),
         })
         return metrics

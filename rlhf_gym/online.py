@@ -35,6 +35,7 @@ from rlhf_gym.advantages import (
 from rlhf_gym.algorithm import Algorithm, AlgorithmConfig
 from rlhf_gym.config import hp
 from rlhf_gym.distributed import data_parallel as dp
+from rlhf_gym.episodes import EpisodeRollout
 from rlhf_gym.errors import ConfigError
 from rlhf_gym.kl import kl_estimate, make_kl_controller
 from rlhf_gym.rollout import Rollout, make_rollout_source
@@ -67,6 +68,8 @@ class OnlineConfig(AlgorithmConfig):
     max_policy_lag: int = hp(0, "Ray mode: updates a batch's weights may lag the learner's (0: always on-policy)")
     rollout_num_cpus: float = hp(1.0, "Ray mode: CPUs reserved per rollout actor")
     rollout_num_gpus: float = hp(0.0, "Ray mode: GPUs per rollout actor (> 0: it samples on its GPU)")
+    turn_discount: float = hp(1.0, "multi-turn episodes: discount per assistant turn, in returns and across turns "
+                                   "in GAE")
 
 
 @dataclass
@@ -97,6 +100,17 @@ class Batch:
     @property
     def sequence_kl(self) -> torch.Tensor:
         return self.kl.sum(-1)
+
+    @property
+    def episodes(self) -> EpisodeRollout | None:
+        """The episode layout when the rows are the turns of multi-turn conversations, else None."""
+        return self.rollout if isinstance(self.rollout, EpisodeRollout) else None
+
+    @property
+    def sample_kl(self) -> torch.Tensor:
+        """KL to the reference per sample: per sequence, or summed over each episode's turns."""
+        episodes = self.episodes
+        return self.sequence_kl if episodes is None else episodes.per_episode(self.sequence_kl)
 
 
 class OnlineAlgorithm(Algorithm):
@@ -167,6 +181,8 @@ class OnlineAlgorithm(Algorithm):
         else:
             shaped = clip_rewards(shaped, self.config.reward_clip)
         shaped = torch.where(valid, shaped, torch.zeros_like(shaped))
+        if isinstance(rollout, EpisodeRollout):  # every turn of a scored episode learns, scored itself or not
+            valid = rollout.to_turns(rollout.episode_valid)
         self.policy.train()
         return Batch(rollout=rollout, scores=shaped, raw_scores=scores, valid=valid, logprobs=logprobs,
                      ref_logprobs=ref_logprobs, kl=kl, values=values, kl_measured=reference is not None)
@@ -184,7 +200,7 @@ class OnlineAlgorithm(Algorithm):
 
     def update_kl_controller(self, batch: Batch) -> None:
         if self.reference is not None:
-            self.kl_ctl.update(float(masked_mean(batch.sequence_kl, None)), dp.global_count(len(batch.rollout)))
+            self.kl_ctl.update(float(masked_mean(batch.sample_kl, None)), dp.global_count(len(batch.sample_kl)))
 
     def minibatches(self, mask: torch.Tensor, minibatch_size: int, epochs: int = 1):
         """``epochs`` passes over the batch in shuffled minibatches of ``minibatch_size`` samples: yields
@@ -217,6 +233,11 @@ class OnlineAlgorithm(Algorithm):
         valid = batch.valid
         raw = batch.raw_scores[valid]
         seq_kl = batch.sequence_kl
+        raw_scores = batch.raw_scores
+        if (episodes := batch.episodes) is not None:  # one sample = one conversation
+            valid, seq_kl = episodes.episode_valid, batch.sample_kl
+            raw_scores = episodes.per_episode(torch.where(episodes.score_mask, batch.raw_scores, 0.0))
+            raw = raw_scores[valid]
         beta = self.kl_ctl.value
         metrics = {
             "objective/beta": float(beta),
@@ -238,10 +259,12 @@ class OnlineAlgorithm(Algorithm):
             metrics["objective/non_score_reward"] = float(-beta * seq_kl.mean())
         if raw.numel():
             metrics["objective/scores"] = float(raw.mean())
-            metrics["objective/rlhf_reward"] = float((batch.raw_scores - beta * seq_kl)[valid].mean())
+            metrics["objective/rlhf_reward"] = float((raw_scores - beta * seq_kl)[valid].mean())
             metrics["objective/scored_fraction"] = float(valid.float().mean())
         if entropy is not None:
             metrics["objective/entropy"] = float(entropy)
+        if episodes is not None:
+            metrics["episodes/mean_turns"] = len(r) / max(episodes.num_episodes, 1)
         truth = self.true_scores(r.prompts, r.completions, r.extras)
         if truth:
             metrics["objective/true_scores"] = float(np.mean(truth))

@@ -511,15 +511,44 @@ class RewardModel(nn.Module):
 
 
 def _pairs_from_file(path: Path, include_ties: bool) -> list[dict[str, Any]]:
-    """TRL-format pairs of a file, validated by (and de-duplicated through) a temporary preference store."""
+    """TRL-format pairs of a file, validated by (and de-duplicated through) a temporary preference store.
+    Implicit-prompt conversations get their shared opening messages as the prompt first."""
+    from rlhf_gym.conversations import extract_prompt, is_message_list
+    from rlhf_gym.data import read_records
     from rlhf_gym.preference_store import PreferenceStore
 
+    records, where = read_records(path, what="preference file") if path.suffix.lower() != ".json" else ([], "")
+    implicit = bool(records) and "prompt" not in records[0] and is_message_list(records[0].get("chosen"))
     with tempfile.TemporaryDirectory(prefix="rlhf_gym_rm_") as tmp, PreferenceStore(Path(tmp) / "pairs.db") as store:
-        store.import_file(path)
+        if implicit:
+            rows = []
+            for i, rec in enumerate(records):
+                if not (is_message_list(rec.get("chosen")) and is_message_list(rec.get("rejected"))):
+                    raise RewardModelError(f"record {i} of {where}: with no 'prompt' column, 'chosen' and 'rejected' "
+                                           f"must both be message lists that share their opening messages")
+                prompt, chosen, rejected = extract_prompt(rec["chosen"], rec["rejected"], f"record {i} of {where}")
+                rows.append({**rec, "prompt": prompt, "chosen": chosen, "rejected": rejected})
+            store.import_records(rows, source=f"import:{path.name}", where=where)
+        else:
+            store.import_file(path)
         return store.pairs(include_ties=include_ties)
 
 
-def load_preference_pairs(data: Any, include_ties: bool = True) -> list[dict[str, Any]]:
+def _chat_tokenizer(tokenizer: Any) -> Any:
+    """``tokenizer``, or a copy with rlhf_gym's plain role-marker chat template when it has none (an encoder
+    backbone reads the conversation as text, so any faithful rendering will do)."""
+    import copy
+
+    from rlhf_gym.tiny import CHAT_TEMPLATE
+
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer
+    plain = copy.copy(tokenizer)
+    plain.chat_template = CHAT_TEMPLATE
+    return plain
+
+
+def load_preference_pairs(data: Any, include_ties: bool = True, tokenizer: Any = None) -> list[dict[str, Any]]:
     """Normalise any supported source to a list of ``{"prompt", "chosen", "rejected", "margin", "label"}``.
 
     Args:
@@ -554,6 +583,8 @@ def load_preference_pairs(data: Any, include_ties: bool = True) -> list[dict[str
         rows = data.pairs(include_ties=include_ties)
     elif hasattr(data, "column_names") and hasattr(data, "__iter__"):
         missing = [c for c in ("prompt", "chosen", "rejected") if c not in data.column_names]
+        if missing == ["prompt"]:  # perhaps conversations with an implicit prompt: checked below
+            missing = []
         if missing:
             raise RewardModelError(
                 f"the dataset is not in TRL's preference format: missing column(s) {', '.join(missing)}; found "
@@ -565,13 +596,14 @@ def load_preference_pairs(data: Any, include_ties: bool = True) -> list[dict[str
         raise RewardModelError(
             f"training data must be a list of {{'prompt', 'chosen', 'rejected'}} dicts, a datasets.Dataset, a "
             f"PreferenceStore or a path; got {type(data).__name__}")
+    rows = _rendered(rows, tokenizer)
     out = []
     for i, row in enumerate(rows):
         missing = [c for c in ("prompt", "chosen", "rejected") if not isinstance(row.get(c), str)]
         if missing:
             raise RewardModelError(
                 f"pair {i} has no text in column(s) {', '.join(missing)}; every pair needs prompt, chosen and "
-                f"rejected strings (conversational message lists must be rendered to text first)")
+                f"rejected, as text or as lists of {{'role', 'content'}} messages")
         label = row.get("label")
         label = 1.0 if label is None else float(label)
         if not 0.0 <= label <= 1.0:
@@ -582,6 +614,24 @@ def load_preference_pairs(data: Any, include_ties: bool = True) -> list[dict[str
         out.append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"],
                     "label": label, "margin": 2.0 * label - 1.0 if margin is None else float(margin)})
     return out
+
+
+def _rendered(rows: Sequence[Mapping[str, Any]], tokenizer: Any) -> Sequence[Mapping[str, Any]]:
+    """Conversational pairs rendered to text (text pairs unchanged)."""
+    from rlhf_gym.conversations import is_message_list
+    from rlhf_gym.data import preference_texts
+
+    if not rows or not any(is_message_list(rows[0].get(c)) for c in ("prompt", "chosen", "rejected")):
+        return rows
+    if tokenizer is None:
+        raise RewardModelError("conversational preference pairs are rendered with the reward model's tokenizer; "
+                               "pass tokenizer= (train_reward_model does)")
+    try:
+        texts, _ = preference_texts(rows, _chat_tokenizer(tokenizer), where="the preference data",
+                                    extra_columns=("label", "margin"))
+    except ConfigError as exc:
+        raise RewardModelError(str(exc)) from None
+    return texts
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -749,9 +799,11 @@ def train_reward_model(
     if not isinstance(config, RewardModelConfig):
         config = build_config(RewardModelConfig, config, owner="train_reward_model")
     backbone = _resolve_backbone(config.backbone)
-    pairs = load_preference_pairs(data, include_ties=config.include_ties)
+    tokenizer = _load_tokenizer(Path(backbone), "backbone")
+    pairs = load_preference_pairs(data, include_ties=config.include_ties, tokenizer=tokenizer)
     if eval_data is not None:
-        train_pairs, eval_pairs = pairs, load_preference_pairs(eval_data, include_ties=config.include_ties)
+        train_pairs, eval_pairs = pairs, load_preference_pairs(eval_data, include_ties=config.include_ties,
+                                                               tokenizer=tokenizer)
     else:
         order = np.random.default_rng(config.seed).permutation(len(pairs))
         n_eval = int(round(config.eval_fraction * len(pairs)))
@@ -764,7 +816,6 @@ def train_reward_model(
 
     device = _resolve_device(config.device)
     check_precision(device, resolve_dtype(config.dtype))
-    tokenizer = _load_tokenizer(Path(backbone), "backbone")
     members = [_new_member(backbone, config, tokenizer.pad_token_id, config.seed + 1000 * i)
                for i in range(config.ensemble_size)]
     model = RewardModel(members, tokenizer, max_length=config.max_length).to(device)

@@ -262,7 +262,12 @@ def make_rollout_source(env: Any, policy: Any, config: Any, version: Any = None,
         num_prompts, seed: this learner's share of the prompts and its seed (default: the config's), for
             data-parallel learners that each sample a shard.
     """
-    worker = RolloutWorker(
+    from rlhf_gym.episodes import is_episode_env, make_worker
+
+    if getattr(config, "rollout_workers", 0) and is_episode_env(env):
+        raise ConfigError("Ray rollout workers sample single-turn envs; train on a multi-turn dialogue env in this "
+                          "process (rollout_workers=0), or with several learners (--learners N)")
+    worker = make_worker(
         env, policy, num_prompts=config.num_prompts if num_prompts is None else num_prompts,
         group_size=config.group_size, seed=config.seed if seed is None else seed,
         temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
@@ -299,11 +304,18 @@ def evaluate(policy: Any, env: Any, *, num_samples: int = 128, batch_size: int =
         ``{"mean", "std", "scores", "samples", "mean_length"}`` and ``"kl"`` with a reference. Unscored samples
         are replaced by fresh ones for up to four times the batches ``num_samples`` needs; after that ``scores``
         holds what was scored (fewer than ``num_samples``), or a RewardError says nothing was.
+        On a multi-turn dialogue env a sample is a whole conversation (see
+        :func:`rlhf_gym.episodes.evaluate_episodes`).
     """
+    from rlhf_gym.episodes import evaluate_episodes, is_episode_env
     from rlhf_gym.providers import as_provider, checked_scores
 
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ConfigError(f"num_samples must be a whole number ≥ 1 of samples to score, got {num_samples!r}")
+    if is_episode_env(env):
+        return evaluate_episodes(policy, env, num_episodes=num_samples, batch_size=batch_size, seed=seed,
+                                 temperature=temperature, reference=reference, reward=reward)
+
     batch_size = min(batch_size, num_samples)
     worker = RolloutWorker(env, policy, num_prompts=batch_size, seed=seed, temperature=temperature)
     judge = as_provider(reward) if reward is not None else None

@@ -58,6 +58,19 @@ DEFAULT_PRETRAIN_STEPS = 500
 DEFAULT_CORPUS_SIZE = 20000
 DEFAULT_PROMPT_COUNT = 64
 MANIFEST = "kit.json"
+#: the kit's chat template: plain-text role markers the review BPE already encodes (no new tokens, so the
+#: pre-trained review model needs no rebuild); each assistant turn ends with EOS, which is where sampling stops
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{ 'Assistant: ' + message['content'] }}{% if eos_token %}{{ eos_token }}{% endif %}"
+    "{%- else -%}"
+    "{{ message['role'] | capitalize + ': ' + message['content'] + '\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}"
+)
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 LABELS = ("positive", "negative", "neutral", "mixed")
 
@@ -354,7 +367,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = TOKENIZER_VOCAB_SIZE
         show_progress=False,
     )
     backend.train_from_iterator(list(texts), trainer=trainer)
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=EOS_TOKEN,
         eos_token=EOS_TOKEN,
@@ -362,6 +375,32 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = TOKENIZER_VOCAB_SIZE
         padding_side="left",
         model_max_length=128,
     )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def ensure_chat_template(path: str | os.PathLike[str]) -> None:
+    """Give the tokenizer saved in ``path`` the kit's chat template, if it lacks it.
+
+    Kits cached before the template existed gain it in place (one small file, written atomically), so their
+    weights and cache keys stay as they are.
+    """
+    target = Path(path) / CHAT_TEMPLATE_FILE
+    config = Path(path) / "tokenizer_config.json"
+    if target.is_file() and target.read_text(encoding="utf-8") == CHAT_TEMPLATE:
+        return
+    if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("chat_template") == CHAT_TEMPLATE:
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{CHAT_TEMPLATE_FILE}.", dir=path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(CHAT_TEMPLATE)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def head_size(vocab_size: int) -> int:
@@ -513,6 +552,7 @@ def build_tiny_tokenizer(cache_dir: str | os.PathLike[str] | None = None, *, see
         _write_manifest(tmp, {"kind": "tokenizer", **settings})
 
     _build_once(final, build)
+    ensure_chat_template(final)
     return str(final)
 
 
@@ -576,6 +616,7 @@ def random_tiny_model(
     same = _is_complete(target) and _read_manifest(target).get("config") == settings["config"]
     same = same and _read_manifest(target).get("seed") == seed
     _build_once(target, build, force=not same)
+    ensure_chat_template(target)
     return str(target)
 
 
@@ -823,4 +864,5 @@ def build_tiny_kit(
         )
 
     built = _build_once(final, build, force=force)
+    ensure_chat_template(final)
     return TinyKit.from_dir(final, built=built)

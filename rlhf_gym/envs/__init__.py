@@ -7,6 +7,7 @@ import gymnasium as gym
 TEXTGEN_ID = "rlhf_gym/TextGen-v0"
 COMPLETION_ID = "rlhf_gym/Completion-v0"
 DIALOGUE_ID = "rlhf_gym/Dialogue-v0"
+OPINION_DIALOGUE_ID = "rlhf_gym/OpinionDialogue-v0"
 
 
 def register_envs() -> None:
@@ -28,4 +29,10 @@ def register_envs() -> None:
             id=DIALOGUE_ID,
             entry_point="rlhf_gym.envs.dialogue:DialogueEnv",
             vector_entry_point="rlhf_gym.envs.dialogue:DialogueVectorEnv",
+        )
+    if OPINION_DIALOGUE_ID not in gym.registry:  # the tiny kit's multi-turn demo task
+        gym.register(
+            id=OPINION_DIALOGUE_ID,
+            entry_point="rlhf_gym.tiny_dialogues:make_opinion_dialogue",
+            vector_entry_point="rlhf_gym.tiny_dialogues:make_opinion_dialogue_vec",
         )

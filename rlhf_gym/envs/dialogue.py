@@ -403,7 +403,11 @@ class DialogueVectorEnv(ProviderAwareSpec, VectorEnv):
 
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Open ``num_envs`` conversations; a seed makes scenario order and the simulator reproducible."""
+        """Open ``num_envs`` conversations; a seed makes scenario order and the simulator reproducible.
+
+        ``options={"scenario_index": [...]}`` (one index per sub-env) opens those scenarios instead of the next ones
+        drawn, e.g. the same scenario in several sub-envs for group baselines.
+        """
         if seed is not None:
             if not isinstance(seed, (int, np.integer)):
                 raise ValueError(f"{ENV_ID}: seed must be one int for the whole batch, got {seed!r}")
@@ -411,7 +415,15 @@ class DialogueVectorEnv(ProviderAwareSpec, VectorEnv):
             self._sampler.restart()
             self._setup.user.reset(int(seed))
         every = list(range(self.num_envs))
-        self._batch.start(every, self._sampler.draw(self.np_random, self.num_envs))
+        index = (options or {}).get("scenario_index")
+        if index is None:
+            chosen = self._sampler.draw(self.np_random, self.num_envs)
+        else:
+            chosen = np.asarray(index, dtype=np.int64).reshape(-1)
+            if chosen.shape[0] != self.num_envs or (chosen < 0).any() or (chosen >= len(self._setup.scenarios)).any():
+                raise ValueError(f"{ENV_ID}: options['scenario_index'] must hold {self.num_envs} indices in "
+                                 f"[0, {len(self._setup.scenarios)}), got {index!r}")
+        self._batch.start(every, chosen)
         return self._batch.observation(), self._reset_info()
 
     def _reset_info(self) -> dict[str, Any]:
