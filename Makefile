@@ -12,7 +12,7 @@ demo:
 
 test:
 	./scripts/setup.sh --test
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile $(ARGS)
 
 bench:
 	./scripts/setup.sh

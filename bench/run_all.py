@@ -420,12 +420,23 @@ def write_report(results: dict[str, Any], memory: dict[str, Any], commands: list
     else:
         parts += [f"Not measured here: {sb3 or 'bench/bench_sb3.py is absent'}.", ""]
     parts += ray_section(results.get("ray"))
+    parts += gpu_section(path)
     parts += ["## How each side is timed", "", *METHOD_NOTES, ""]
     parts += ["## Machine", "", *machine(threads, load_start, load_end), "",
               "## Commands", "", "Everything above: `make bench` (installs `.[bench]`, then runs "
               "`.venv/bin/python bench/run_all.py`). The individual runs were:", "", "```",
               *commands, "```", ""]
     path.write_text("\n".join(parts))
+
+
+def gpu_section(path: Path) -> list[str]:
+    """The GPU section ``bench/bench_gpu.py`` wrote on a CUDA machine, carried over unchanged (this machine may
+    have no GPU to measure it again)."""
+    start, end = "<!-- gpu-bench -->", "<!-- /gpu-bench -->"
+    old = path.read_text() if path.is_file() else ""
+    if start in old and end in old:
+        return [start + old.split(start, 1)[1].split(end, 1)[0] + end, ""]
+    return []
 
 
 def main() -> None:

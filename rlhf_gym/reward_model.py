@@ -548,6 +548,15 @@ def _chat_tokenizer(tokenizer: Any) -> Any:
     return plain
 
 
+def _verify_store(data: Any) -> None:
+    """Check a preference store given by path whole (integrity and row checksums); other sources pass."""
+    if isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() in STORE_SUFFIXES and Path(data).is_file():
+        from rlhf_gym.preference_store import PreferenceStore
+
+        with PreferenceStore(Path(data)) as store:
+            store.verify()
+
+
 def load_preference_pairs(data: Any, include_ties: bool = True, tokenizer: Any = None) -> list[dict[str, Any]]:
     """Normalise any supported source to a list of ``{"prompt", "chosen", "rejected", "margin", "label"}``.
 
@@ -799,6 +808,7 @@ def train_reward_model(
     if not isinstance(config, RewardModelConfig):
         config = build_config(RewardModelConfig, config, owner="train_reward_model")
     backbone = _resolve_backbone(config.backbone)
+    _verify_store(data)  # a damaged store is the first thing to hear about, before any model is loaded
     tokenizer = _load_tokenizer(Path(backbone), "backbone")
     pairs = load_preference_pairs(data, include_ties=config.include_ties, tokenizer=tokenizer)
     if eval_data is not None:

@@ -212,7 +212,8 @@ def test_float16_scales_the_loss_and_skips_steps_with_inf_gradients(policy, tmp_
 
 
 def _one_demo(algo):
-    return (algo.prompt_ids[:2], algo.prompt_mask[:2], algo.completion_ids[:2], algo.completion_mask[:2])
+    data = algo.data
+    return (data.prompt_ids[:2], data.prompt_mask[:2], data.completion_ids[:2], data.completion_mask[:2])
 
 
 # -- the learned reward model and the SB3 policy ------------------------------------------------------------------
