@@ -787,7 +787,7 @@ def build_tiny_kit(
     lr: float = 3e-3,
     force: bool = False,
     progress: bool = True,
-    num_threads: int | None = None,
+    num_threads: int | None = 1,
 ) -> TinyKit:
     """Build, or fetch from the cache, the tiny pre-trained review policy.
 
@@ -808,7 +808,8 @@ def build_tiny_kit(
         lr: peak learning rate.
         force: rebuild even if a cached kit exists.
         progress: show a progress bar while pre-training.
-        num_threads: torch threads to use while building (restored afterwards); default: leave as is.
+        num_threads: torch threads to use while building (restored afterwards). The default, 1, builds the same
+            kit on every machine (float sums depend on the thread count); None leaves the count as it is.
     """
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
