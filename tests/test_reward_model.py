@@ -356,6 +356,31 @@ def test_online_run_logs_the_reward_models_uncertainty_per_batch(ensemble, backb
     algo.close()
 
 
+@pytest.mark.parametrize(("values", "expected"), [
+    ([0.5, 1.5], 1.0), ([None, 2.0], 2.0), ([None, None], None), ([float("nan"), 4.0], 4.0), (None, None)])
+def test_any_providers_uncertainty_extra_is_logged_as_its_batch_mean(backbone: str, values, expected) -> None:
+    from rlhf_gym.policy import Policy
+    from rlhf_gym.providers import RewardProvider
+
+    class Unsure(RewardProvider):
+        name = "unsure"
+
+        def score(self, prompts, completions, **row):
+            return [1.0] * len(prompts)
+
+        def score_with_info(self, prompts, completions, **row):
+            extras = {} if values is None else {"uncertainty": list(values)}
+            return self.score(prompts, completions), extras
+
+    policy = Policy.from_pretrained(backbone, value_head=False)
+    env = gym.make("rlhf_gym/Completion-v0", tokenizer=policy.tokenizer, prompts=["The movie was", "The plot"],
+                   reward=Unsure(), max_new_tokens=4, max_prompt_tokens=8, vocab_size=policy.vocab_size)
+    algo = rlhf_gym.make_algorithm("reinforce", env=env, policy=policy, num_prompts=2, seed=0)
+    algo.learn(1, progress_bar=False)
+    assert algo.last_metrics.get("reward_model/uncertainty") == expected
+    algo.close()
+
+
 def test_running_normalisation_state_resumes_exactly(ensemble) -> None:
     _, _, out = ensemble
     first = rlhf_gym.make_reward("learned-rm", path=str(out), normalize="running")
