@@ -3,8 +3,11 @@
 A reward model's raw outputs have an arbitrary offset and scale (Bradley–Terry only fixes differences), so the
 provider can normalise them: with running statistics of everything it has scored, or with the mean and standard
 deviation over a calibration set (by default the training completions recorded in the model's ``rm_card.json``).
-For an ensemble the score is ``mean + α·std`` of the members' rewards; a negative α is pessimistic about
-completions the members disagree on, which dampens reward hacking.
+For an ensemble the score is ``mean + α·std`` of the members' rewards by default; a negative α is pessimistic about
+completions the members disagree on, which dampens reward hacking. ``conservative="mean-std"`` says the same with a
+positive λ (``mean − λ·std``) and ``conservative="min"`` scores the worst member. Every ensemble score comes with
+the members' standard deviation as the per-sample extra ``uncertainty``, which online algorithms log per batch as
+``reward_model/uncertainty``.
 
 The normalisation state is a small JSON-able dict (:meth:`LearnedRewardModel.state_dict`), so a checkpoint that
 stores it resumes with exactly the same scores.
@@ -24,6 +27,7 @@ import torch
 import rlhf_gym
 from rlhf_gym.errors import ConfigError, unknown_name_message
 from rlhf_gym.providers import RewardProvider, Score
+from rlhf_gym.reward_model import CONSERVATIVE_MODES, combine_members
 
 NORMALIZE_MODES = ("none", "running", "calibration")
 #: smallest standard deviation divided by, so a constant reward model does not blow scores up
@@ -82,7 +86,12 @@ class LearnedRewardModel(RewardProvider):
         calibration_completions: completions of the calibration set.
         calibration_file: ``.jsonl``/``.json``/``.parquet`` with ``prompt`` and ``completion`` (or ``chosen`` and
             ``rejected``) columns.
-        alpha: the score is ``mean + α·std`` over ensemble members (0 for a single model); negative is pessimistic.
+        alpha: with ``conservative="mean"``, the score is ``mean + α·std`` over ensemble members (0 for a single
+            model); negative is pessimistic.
+        conservative: how members combine: ``"mean"`` (``mean + α·std``), ``"mean-std"`` (the pessimistic
+            ``mean − λ·std``) or ``"min"`` (the worst member). Normalisation applies afterwards, with statistics of
+            the members' mean.
+        lam: λ of ``conservative="mean-std"`` (≥ 0).
         device: where to run the model: ``"auto"`` (a GPU when there is one), ``"cpu"``, ``"cuda"``, ``"cuda:N"``,
             ``"mps"`` — on its own device, apart from the policy, if you like.
         dtype: storage and compute precision of the model: ``"float32"``, ``"bfloat16"`` or ``"float16"``
@@ -105,6 +114,8 @@ class LearnedRewardModel(RewardProvider):
         calibration_completions: Sequence[str] | None = None,
         calibration_file: str | os.PathLike[str] | None = None,
         alpha: float = 0.0,
+        conservative: str = "mean",
+        lam: float = 1.0,
         device: str | None = "auto",
         dtype: str | None = "float32",
     ) -> None:
@@ -116,6 +127,16 @@ class LearnedRewardModel(RewardProvider):
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not math.isfinite(float(alpha)):
             raise ConfigError(f"alpha must be a finite number, got {alpha!r}")
+        if conservative not in CONSERVATIVE_MODES:
+            raise ConfigError(unknown_name_message("conservative mode", str(conservative), CONSERVATIVE_MODES))
+        if isinstance(lam, bool) or not math.isfinite(float(lam)) or float(lam) < 0:
+            raise ConfigError(f"lam must be a finite number >= 0 (mean - lam*std), got {lam!r}")
+        if conservative != "mean" and float(alpha) != 0.0:
+            raise ConfigError(
+                f"alpha applies only with conservative='mean'; with conservative={conservative!r} drop alpha "
+                f"(use lam for 'mean-std')")
+        if conservative == "mean" and float(lam) != 1.0:
+            raise ConfigError("lam applies only with conservative='mean-std'; set conservative='mean-std' or use alpha")
         if (calibration_prompts is None) != (calibration_completions is None):
             raise ConfigError("give calibration_prompts and calibration_completions together (one per completion)")
         if calibration_file is not None and calibration_prompts is not None:
@@ -131,6 +152,8 @@ class LearnedRewardModel(RewardProvider):
         self.batch_size = batch_size
         self.normalize = normalize
         self.alpha = float(alpha)
+        self.conservative = conservative
+        self.lam = float(lam)
         self.name = "learned-rm"
         self._count = 0
         self._mean = 0.0
@@ -191,7 +214,7 @@ class LearnedRewardModel(RewardProvider):
     def state_dict(self) -> dict[str, Any]:
         """The normalisation state as a JSON-able dict (for checkpoints)."""
         return {"normalize": self.normalize, "count": self._count, "mean": self._mean, "m2": self._m2,
-                "alpha": self.alpha}
+                "alpha": self.alpha, "conservative": self.conservative, "lam": self.lam}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned, so scoring resumes exactly."""
@@ -201,6 +224,8 @@ class LearnedRewardModel(RewardProvider):
                 f"{self.normalize!r}; build the provider with the same settings to resume")
         self._count, self._mean, self._m2 = int(state["count"]), float(state["mean"]), float(state["m2"])
         self.alpha = float(state.get("alpha", self.alpha))
+        self.conservative = str(state.get("conservative", self.conservative))
+        self.lam = float(state.get("lam", self.lam))
 
     # -- scoring --------------------------------------------------------------------------------------------------
     def raw_scores(self, prompts: list[str], completions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,16 +235,19 @@ class LearnedRewardModel(RewardProvider):
     def score_with_info(
         self, prompts: list[str], completions: list[str], **row: Any
     ) -> tuple[list[Score], dict[str, list[Any]]]:
-        """Scores plus ``rm_raw`` (the members' mean reward before normalisation) and, for ensembles, ``rm_std``."""
+        """Scores plus ``rm_raw`` (the members' mean reward before normalisation) and, for ensembles, ``rm_std``
+        and ``uncertainty`` (both the members' standard deviation, in normalised units for ``uncertainty``)."""
         if len(prompts) != len(completions):
             raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
-        mean, std = self.raw_scores(list(prompts), list(completions))
+        rewards = self.model.member_rewards(list(prompts), list(completions), self.batch_size).double()
+        combined, mean, std = combine_members(rewards, self.conservative, alpha=self.alpha, lam=self.lam)
         if self.normalize == "running":
             self._update_running(mean)
-        score = (mean.double() + self.alpha * std.double() - self.reward_mean) / self.reward_std
+        score = (combined - self.reward_mean) / self.reward_std
         extras: dict[str, list[Any]] = {"rm_raw": mean.tolist()}
         if self.model.num_members > 1:
             extras["rm_std"] = std.tolist()
+            extras["uncertainty"] = (std / self.reward_std).tolist()
         return [float(s) for s in score.tolist()], extras
 
     def score(self, prompts: list[str], completions: list[str], **row: Any) -> list[Score]:
@@ -227,7 +255,8 @@ class LearnedRewardModel(RewardProvider):
 
     def __repr__(self) -> str:
         return (f"LearnedRewardModel(path={self.path!r}, members={self.model.num_members}, "
-                f"normalize={self.normalize!r}, alpha={self.alpha})")
+                f"normalize={self.normalize!r}, alpha={self.alpha}, conservative={self.conservative!r}, "
+                f"lam={self.lam})")
 
 
 @rlhf_gym.hookimpl

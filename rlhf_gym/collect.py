@@ -7,6 +7,11 @@ is shown with its sides in random order, asked in ONE batched ``provider.compare
 ``provider.rank`` orderings), and every answer is written to the preference store as soon as it is known. The
 store's unique key means a pair is never asked twice, within a call or across calls.
 
+Tie-aware collection (``tie_margin``): a judge that can score completions without asking a person (a simulated
+human, a programmatic reward) is asked for both sides' scores first; pairs it cannot separate (``|s(a) − s(b)| ≤
+tie_margin``) are not asked at all — their labels would be coin flips that teach DPO or a reward model nothing — and
+every asked pair keeps its score gap, chosen minus rejected, in the answer's ``meta["score_margin"]``.
+
 Example:
     >>> stats = collect_preferences(policy, env, "simulated-human", store, num_prompts=64, k=4,
     ...                             pairs_per_prompt=2, seed=0)  # doctest: +SKIP
@@ -49,6 +54,7 @@ class CollectionStats:
     answered: int = 0  #: answers with a label (ties included)
     ties: int = 0  #: answers of 0.5
     skipped: int = 0  #: answers of ``None`` ("can't tell"), recorded as skips
+    inseparable: int = 0  #: pairs not asked because the judge's scores differ by at most ``tie_margin``
     unanswered: int = 0  #: queries left unanswered: by a judge recording into this store, or one that timed out
     swapped: int = 0  #: pairs shown with the completions' sampled order reversed
     query_ids: list[int] = field(default_factory=list)  #: ids of the queries asked, in order
@@ -77,6 +83,18 @@ def _disagreement(reward_model: Any, prompts: Sequence[str], completions: Sequen
         probs = 1.0 / (1.0 + np.exp(-(rewards[:, i] - rewards[:, j])))
         out.append(probs.std(axis=0))
     return out
+
+
+def _score_gaps(judge: Any, prompts: Sequence[str], groups: Sequence[Sequence[str]],
+                chosen: Sequence[tuple[int, int, int]]) -> dict[tuple[int, int, int], float]:
+    """``s(a) − s(b)`` under the judge's own scores for each chosen ``(group, a, b)``, in one ``score`` call over
+    the completions involved; pairs with an unscored side are left out (asked as usual)."""
+    needed = sorted({(g, i) for g, a, b in chosen for i in (a, b)})
+    scores = checked_scores(judge, judge.score([prompts[g] for g, _ in needed], [groups[g][i] for g, i in needed]),
+                            len(needed))
+    by_text = dict(zip(needed, scores))
+    return {(g, a, b): float(by_text[g, a]) - float(by_text[g, b]) for g, a, b in chosen
+            if by_text[g, a] is not None and by_text[g, b] is not None}
 
 
 def _load_reward_model(reward_model: Any) -> Any:
@@ -136,6 +154,7 @@ def collect_preferences(
     seed: int = 0,
     temperature: float = 1.0,
     requested_by: str | None = None,
+    tie_margin: float | None = None,
 ) -> CollectionStats:
     """Sample ``k`` completions for each of ``num_prompts`` prompts, ask about pairs of them, store the answers.
 
@@ -156,6 +175,10 @@ def collect_preferences(
         seed: seeds sampling, prompt order, pair choice and which side each completion is shown on.
         temperature: sampling temperature.
         requested_by: recorded on each query (default: ``collect:<provider name>``).
+        tie_margin: ``None`` asks every chosen pair. A number ≥ 0 scores both sides with the judge first (it must
+            be a provider that answers without a person: ``deterministic``), leaves pairs whose scores differ by at
+            most this much unasked (counted in ``inseparable``), and stores each answer's score gap, chosen minus
+            rejected, as ``meta["score_margin"]``.
 
     Returns:
         :class:`CollectionStats`.
@@ -176,6 +199,13 @@ def collect_preferences(
                           f"{pairs_per_prompt}")
     judge = as_provider(provider)
     name = getattr(judge, "name", None) or type(judge).__name__
+    if tie_margin is not None:
+        if isinstance(tie_margin, bool) or not isinstance(tie_margin, (int, float)) or not tie_margin >= 0 \
+                or not math.isfinite(tie_margin):
+            raise ConfigError(f"tie_margin must be a finite number >= 0 (or None to ask every pair), got {tie_margin!r}")
+        if not getattr(judge, "deterministic", True):
+            raise ConfigError(f"tie_margin needs a judge that scores without asking a person; {name!r} is not one "
+                              f"(leave tie_margin=None to ask every pair)")
     requested_by = requested_by or f"collect:{name}"
     rm = _load_reward_model(reward_model) if selection == "disagreement" else None
     rng = np.random.default_rng(seed)
@@ -236,6 +266,12 @@ def collect_preferences(
                 a, b = b, a
                 stats.swapped += 1
             chosen.append((g, a, b))
+    gaps: dict[tuple[int, int, int], float] = {}
+    if tie_margin is not None and chosen:
+        gaps = _score_gaps(judge, prompts, groups, chosen)
+        kept = [pair for pair in chosen if pair not in gaps or abs(gaps[pair]) > tie_margin]
+        stats.inseparable = len(chosen) - len(kept)
+        chosen = kept
     timing["selection"] = time.perf_counter() - t0
 
     # -- ask: queue the queries, one batched call, record each answer ----------------------------------------------
@@ -265,7 +301,7 @@ def collect_preferences(
         self_recording = _records_into(judge, store)
         timed_out = bool(getattr(judge, "last_call_timed_out", False)) and feedback == "compare"
         stored = {a.query_id: a for a in store.answers(query_ids=[q for q, _, _, _ in asked])}
-        for (query_id, _, _, _), label in zip(asked, labels):
+        for (query_id, g, a, b), label in zip(asked, labels):
             if query_id in stored:
                 label = stored[query_id].label
             elif self_recording or timed_out:
@@ -274,8 +310,11 @@ def collect_preferences(
                     store.withdraw([query_id])
                 continue
             else:
+                gap = gaps.get((g, a, b))
+                meta = None if gap is None or label is None else {
+                    "score_margin": gap if label >= 0.5 else -gap}  # chosen minus rejected
                 try:
-                    store.answer(query_id, label, annotator=name, source=name)
+                    store.answer(query_id, label, annotator=name, source=name, meta=meta)
                 except AlreadyAnsweredError:  # answered meanwhile by someone else sharing the store
                     label = store.answers(query_ids=[query_id])[0].label
             stats.query_ids.append(query_id)

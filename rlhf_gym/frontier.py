@@ -7,7 +7,10 @@ proxy and ground-truth scores on the y axis, and next to it a sample completion 
 (lists of adjectives, repetition, completions that never end) is obvious to read and easy to miss in a mean.
 
 :func:`sweep_beta` does that and writes ``frontier.csv`` (one row per β), ``frontier.png`` and
-``frontier_samples.jsonl`` into its output directory, each run's own run directory under ``beta-<β>/``. The
+``frontier_samples.jsonl`` into its output directory, each run's own run directory under ``beta-<β>/`` (with its
+``gold_vs_proxy.png`` when a ground truth is known). Each row also says how far proxy and truth moved from the
+start policy (``proxy_gain``, ``true_gain``) and whether the run's logged curves show over-optimisation
+(``overoptimised``: 1/0, the rule of :mod:`rlhf_gym.overoptimisation`). The
 ``rlhf-gym frontier`` command wraps it (:func:`configure_parser`, :func:`run`).
 
 Example:
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_gym.errors import ConfigError
+from rlhf_gym.overoptimisation import assess
 
 #: β values swept when none are given: no penalty, weak, the demo's, strong
 DEFAULT_BETAS: tuple[float, ...] = (0.0, 0.01, 0.05, 0.2)
@@ -44,6 +48,7 @@ _OWN_KEYS = ("beta", "seed", "run_dir")
 CSV_COLUMNS: tuple[str, ...] = (
     "beta", "algo", "updates", "proxy_score", "proxy_score_std", "true_score", "true_score_std", "kl",
     "mean_length", "distinct_1", "distinct_2", "repetition", "num_samples", "sample", "run_dir",
+    "proxy_gain", "true_gain", "overoptimised",
 )
 _WORD = re.compile(r"[\w']+")
 
@@ -116,6 +121,22 @@ class FrontierPoint:
     run_dir: Path | None = None
     #: the start policy measured on the same prompts (the origin this point moved away from)
     start: FrontierPoint | None = field(default=None, repr=False)
+    #: the training run's gold-vs-proxy verdict (:func:`rlhf_gym.overoptimisation.assess`), None without a truth
+    overoptimisation: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def gains(self) -> tuple[float | None, float | None]:
+        """``(proxy gain, true gain)`` over the start policy (None where either side is unknown)."""
+        if self.start is None:
+            return None, None
+        true = None if self.true_score is None or self.start.true_score is None else \
+            self.true_score - self.start.true_score
+        return self.proxy_score - self.start.proxy_score, true
+
+    @property
+    def overoptimised(self) -> bool | None:
+        """Whether the run's logged curves were flagged as over-optimised (None: not judged)."""
+        return None if self.overoptimisation is None else self.overoptimisation.get("overoptimised")
 
     @property
     def label(self) -> str:
@@ -133,6 +154,9 @@ class FrontierPoint:
             "distinct_2": self.distinct_2, "repetition": self.repetition, "num_samples": self.num_samples,
             "sample": self.samples[0]["completion"] if self.samples else "",
             "run_dir": "" if self.run_dir is None else str(self.run_dir),
+            "proxy_gain": "" if self.gains[0] is None else self.gains[0],
+            "true_gain": "" if self.gains[1] is None else self.gains[1],
+            "overoptimised": "" if self.overoptimised is None else int(self.overoptimised),
         }
 
 
@@ -322,11 +346,14 @@ def sweep_beta(
             trainer.run_info = {"frontier": {"betas": values, "updates": updates, "eval_samples": eval_samples}}
             try:
                 trainer.learn(updates, progress_bar=progress)
+                logged = list(trainer.logger.rows) if getattr(trainer, "logger", None) is not None else []
             finally:
                 trainer.close()
             point = measure(trained, env, ground_truth=ground_truth, num_samples=eval_samples, seed=eval_seed,
                             reference=start, num_shown=num_shown, beta=beta)
             point.algo, point.updates, point.run_dir, point.start = algo, updates, run_dir, origin
+            verdict = assess(logged)
+            point.overoptimisation = verdict if verdict["points"] else None
             points.append(point)
             del trainer, trained
             write_frontier(points, out, start=origin)  # an interrupted sweep keeps what it has measured
@@ -416,6 +443,8 @@ def plot_frontier(points: Sequence[FrontierPoint], path: str | os.PathLike[str],
         ys = [getattr(p, attr) for p in shown if getattr(p, attr) is not None]
         labels = [p.label for p in shown if getattr(p, attr) is not None]
         ax.plot(xs, ys, color=color, marker=marker, linestyle="-", alpha=0.85, label=name)
+        labels = [f"{lbl} (over-optimised)" if p.overoptimised and attr == "true_score" else lbl
+                  for lbl, p in zip(labels, [p for p in shown if getattr(p, attr) is not None])]
         for x, y, label in zip(xs, ys, labels):
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6 if attr == "proxy_score" else -12),
                         fontsize=8, color=color)
@@ -513,12 +542,14 @@ def _cli_config(items: Sequence[str]) -> dict[str, Any]:
 def _print_table(points: Sequence[FrontierPoint], ground_truth: Any) -> None:
     truth = str(ground_truth) if ground_truth is not None else "truth"
     start = points[0].start if points else None
-    print(f"{'policy':>6}  {'proxy':>6}  {truth[:10]:>10}  {'KL':>7}  {'length':>6}  {'dist-2':>6}  {'rep':>5}  sample")
+    print(f"{'policy':>6}  {'proxy':>6}  {truth[:10]:>10}  {'KL':>7}  {'length':>6}  {'dist-2':>6}  {'rep':>5}  "
+          f"{'hacked':>6}  sample")
     for p in ([start] if start is not None else []) + list(points):
         true = "—" if p.true_score is None else f"{p.true_score:.3f}"
         sample = _clip(" ".join(p.samples[0]["completion"].split()), 60) if p.samples else ""
+        hacked = {True: "yes", False: "no", None: "—"}[p.overoptimised]
         print(f"{p.label.removeprefix('β='):>6}  {p.proxy_score:6.3f}  {true:>10}  {p.kl:7.2f}  {p.mean_length:6.1f}  "
-              f"{p.distinct_2:6.2f}  {p.repetition:5.2f}  {sample}")
+              f"{p.distinct_2:6.2f}  {p.repetition:5.2f}  {hacked:>6}  {sample}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ update ``n`` resumes the same sequence.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,6 +266,8 @@ class OnlineAlgorithm(Algorithm):
             metrics["objective/entropy"] = float(entropy)
         if episodes is not None:
             metrics["episodes/mean_turns"] = len(r) / max(episodes.num_episodes, 1)
+        if (uncertainty := _mean_extra(r.extras, "uncertainty")) is not None:
+            metrics["reward_model/uncertainty"] = uncertainty
         truth = self.true_scores(r.prompts, r.completions, r.extras)
         if truth:
             metrics["objective/true_scores"] = float(np.mean(truth))
@@ -320,6 +323,13 @@ class OnlineAlgorithm(Algorithm):
             # A new β starts from the value given; a new target or horizon continues from the current β.
             beta = cfg.beta if "beta" in changed or cfg.beta == 0 else self.kl_ctl.value
             self.kl_ctl = make_kl_controller(beta, cfg.kl_target, cfg.kl_horizon)
+
+
+def _mean_extra(extras: dict[str, list[Any]], key: str) -> float | None:
+    """The mean of a provider's numeric per-sample extra over the samples that have one (``None`` when none do)."""
+    values = [float(v) for v in extras.get(key, ()) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    values = [v for v in values if math.isfinite(v)]
+    return float(np.mean(values)) if values else None
 
 
 def parse_kl_monitor(value: str) -> int:

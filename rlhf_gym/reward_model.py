@@ -40,7 +40,7 @@ from torch import nn
 
 from rlhf_gym.config import build_config, config_to_dict, field_help, hp, parse_json_object
 from rlhf_gym.devices import autocast, check_precision, make_grad_scaler, resolve_device, resolve_dtype
-from rlhf_gym.errors import ConfigError, RLHFGymError
+from rlhf_gym.errors import ConfigError, RLHFGymError, unknown_name_message
 
 __all__ = [
     "CARD_NAME",
@@ -322,6 +322,36 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+#: how an ensemble's members are combined into one reward (see :func:`combine_members`)
+CONSERVATIVE_MODES = ("mean", "mean-std", "min")
+
+
+def combine_members(rewards: torch.Tensor, mode: str = "mean", *, alpha: float = 0.0,
+                    lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One reward per sample from ``(num_members, N)`` member rewards: ``(score, mean, std)``, each ``(N,)``.
+
+    ``mode="mean"`` scores ``mean + α·std``; ``"mean-std"`` the pessimistic ``mean − λ·std``; ``"min"`` the worst
+    member. ``std`` (the members' sample standard deviation, 0 for a single model) is the ensemble's uncertainty.
+
+    Example:
+        >>> combine_members(torch.tensor([[1.0], [3.0]]), "mean-std", lam=1.0)[0]
+        tensor([0.5858])
+    """
+    if mode not in CONSERVATIVE_MODES:
+        raise ConfigError(unknown_name_message("conservative mode", str(mode), CONSERVATIVE_MODES))
+    if rewards.dim() != 2:
+        raise ValueError(f"member rewards must be (num_members, N), got shape {tuple(rewards.shape)}")
+    mean = rewards.mean(dim=0)
+    std = rewards.std(dim=0) if rewards.shape[0] > 1 else torch.zeros_like(mean)
+    if mode == "min":
+        score = rewards.min(dim=0).values
+    elif mode == "mean-std":
+        score = mean - lam * std
+    else:
+        score = mean + alpha * std
+    return score, mean, std
+
+
 class RewardModel(nn.Module):
     """One reward model or an ensemble of ``k`` members sharing a tokenizer.
 
@@ -409,6 +439,13 @@ class RewardModel(nn.Module):
         if self.num_members == 1:
             return rewards[0], torch.zeros_like(rewards[0])
         return rewards.mean(dim=0), rewards.std(dim=0)
+
+    def conservative_scores(self, prompts: Sequence[str], completions: Sequence[str], *, mode: str = "mean",
+                            alpha: float = 0.0, lam: float = 1.0,
+                            batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(score, mean, std)`` over members, each ``(N,)``, with ``score`` from :func:`combine_members`."""
+        rewards = self.member_rewards(prompts, completions, batch_size)
+        return combine_members(rewards, mode, alpha=alpha, lam=lam)
 
     def preference_probabilities(self, prompts: Sequence[str], completions_a: Sequence[str],
                                  completions_b: Sequence[str], batch_size: int = 64) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Where a training run's numbers and samples go: stdout, ``samples.jsonl``, a ``reward_curve.png``, and every
-experiment tracker the run reports to (``metrics.csv``, TensorBoard, wandb, MLflow, trackio, a plugin's).
+"""Where a training run's numbers and samples go: stdout, ``samples.jsonl``, a ``reward_curve.png`` (and, when a
+ground truth is logged, ``gold_vs_proxy.png``), and every experiment tracker the run reports to (``metrics.csv``, TensorBoard, wandb, MLflow, trackio, a plugin's).
 
 Every run directory holds the resolved config (``config.json``) next to those files, so a run can be read, plotted
 and reproduced without the process that wrote it.
@@ -126,9 +126,14 @@ class RunLogger:
             tracker.log_samples(step, samples)
 
     def plot(self, path: str | os.PathLike[str] | None = None) -> Path | None:
-        """Write ``reward_curve.png``: reward (and ground truth, if logged) and KL over updates."""
+        """Write ``reward_curve.png``: reward (and ground truth, if logged) and KL over updates; with a ground truth,
+        ``gold_vs_proxy.png`` next to it too (:func:`rlhf_gym.overoptimisation.plot_gold_vs_proxy`)."""
         if not self.rows:
             return None
+        from rlhf_gym.overoptimisation import plot_gold_vs_proxy
+
+        out = Path(path) if path else self.run_dir / "reward_curve.png"
+        plot_gold_vs_proxy(self.rows, out.with_name("gold_vs_proxy.png"))
         import matplotlib
 
         matplotlib.use("Agg", force=False)
@@ -156,7 +161,6 @@ class RunLogger:
             ax.set_title("KL to the reference")
             ax.grid(alpha=0.3)
         fig.tight_layout()
-        out = Path(path) if path else self.run_dir / "reward_curve.png"
         fig.savefig(out, dpi=100)
         plt.close(fig)
         return out

@@ -424,9 +424,19 @@ def train_once(opts: RunOptions, run_dir: Path, policy: Any, env: Any, progress:
     if _writer():
         after = evaluate(trained, env, num_samples=opts.eval_samples, reward=opts.ground_truth,
                          seed=opts.seed + 999, reference=policy)
+    rows = list(algo.logger.rows) if getattr(algo, "logger", None) is not None else []
     algo.close()
     return {"algo": algo, "after": after, "kl": after["kl"] if after else None, "run_dir": run_dir,
-            "policy": trained}
+            "policy": trained, "overoptimisation": _overoptimisation(rows)}
+
+
+def _overoptimisation(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's gold-vs-proxy verdict (:func:`rlhf_gym.overoptimisation.assess`), ``None`` without a logged
+    ground truth."""
+    from rlhf_gym.overoptimisation import assess
+
+    verdict = assess(rows)
+    return verdict if verdict["points"] else None
 
 
 def _options_dict(opts: RunOptions) -> dict[str, Any]:
@@ -484,6 +494,10 @@ def print_report(before: dict[str, Any], runs: list[tuple[str, dict[str, Any]]],
         console.print("KL is the k1 estimate (mean of Σ log π − log π_start over the samples): unbiased, but a "
                       "sample mean can fall below 0 when the policies barely differ.")
     for name, res in runs:
+        verdict = res.get("overoptimisation")
+        if verdict and verdict["overoptimised"]:
+            console.print(f"[bold yellow]warning[/bold yellow] {name}: reward over-optimisation — {verdict['reason']}; "
+                          f"see gold_vs_proxy.png (a larger beta, a pessimistic reward or fewer updates help)")
         console.print(f"[bold]{name}[/bold] run directory: {res['run_dir']}")
 
 
@@ -577,6 +591,8 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
         res["policy"].save_pretrained(res["run_dir"] / "policy")
         summary = {"before": _eval_summary(before), "after": _eval_summary(res["after"]), "kl": res["kl"],
                    "kl_estimator": "k1", "start": start_label(opts)}
+        if res.get("overoptimisation") is not None:
+            summary["overoptimisation"] = res["overoptimisation"]
         (res["run_dir"] / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_report(before, runs, opts)
     env.close()

@@ -188,3 +188,51 @@ def test_bad_settings_are_rejected_with_the_valid_range(policy, env, store) -> N
         collect_preferences(policy, env, LengthJudge(), store, num_prompts=2, k=1)
     with pytest.raises(ConfigError, match="Did you mean 'random'"):
         collect_preferences(policy, env, LengthJudge(), store, num_prompts=2, selection="randm")
+
+
+# -- tie-aware collection ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tie_margin", [0.0, 3.0])
+def test_tie_margin_leaves_inseparable_pairs_unasked_and_keeps_the_score_gap(policy, env, store, tmp_path,
+                                                                             tie_margin) -> None:
+    judge = LengthJudge()
+    with PreferenceStore(tmp_path / "all.db") as everyone:
+        everything = collect_preferences(policy, env, LengthJudge(), everyone, num_prompts=24, k=3,
+                                         pairs_per_prompt=3, seed=7)
+    stats = collect_preferences(policy, env, judge, store, num_prompts=24, k=3, pairs_per_prompt=3, seed=7,
+                                tie_margin=tie_margin)
+    assert stats.inseparable > 0 and stats.asked + stats.inseparable == everything.asked
+    assert judge.compare_calls == [stats.asked]
+    pairs = store.answered_pairs(include_ties=True)
+    assert len(pairs) == stats.asked and stats.ties == 0
+    for query, answer in pairs:
+        gap = len(query.completion_a) - len(query.completion_b)
+        assert abs(gap) > tie_margin
+        assert answer.meta["score_margin"] == pytest.approx(abs(gap))  # chosen minus rejected
+
+
+def test_score_margin_is_negative_when_the_judge_picks_the_lower_scored_side(policy, env, store) -> None:
+    class Contrary(LengthJudge):
+        def compare(self, prompts, completions_a, completions_b, **row):
+            return [1.0 - v for v in super().compare(prompts, completions_a, completions_b)]
+
+    stats = collect_preferences(policy, env, Contrary(), store, num_prompts=8, k=2, seed=1, tie_margin=0.0)
+    margins = [answer.meta["score_margin"] for _, answer in store.answered_pairs()]
+    assert len(margins) == stats.asked > 0 and all(m < 0 for m in margins)
+    assert all(row["margin"] == 1.0 for row in store.pairs())  # the training margin column is untouched
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), True, "0.1"])
+def test_tie_margin_rejects_bad_values(policy, env, store, bad) -> None:
+    with pytest.raises(ConfigError, match="tie_margin must be"):
+        collect_preferences(policy, env, LengthJudge(), store, num_prompts=2, tie_margin=bad)
+
+
+def test_tie_margin_refuses_a_judge_that_would_ask_a_person(policy, env, store) -> None:
+    class Person(LengthJudge):
+        deterministic = False
+
+    with pytest.raises(ConfigError, match="without asking a person"):
+        collect_preferences(policy, env, Person(), store, num_prompts=2, tie_margin=0.0)
+    assert store.answered_pairs(include_ties=True) == []

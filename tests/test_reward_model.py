@@ -22,6 +22,7 @@ from rlhf_gym.reward_model import (
     RewardModel,
     RewardModelConfig,
     RewardModelError,
+    combine_members,
     load_preference_pairs,
     noisy_bradley_terry_loss,
     train_reward_model,
@@ -278,6 +279,106 @@ def test_alpha_adds_that_many_ensemble_stds(ensemble) -> None:
     mean, std = model.score_texts(*texts)
     pessimistic = rlhf_gym.make_reward("learned-rm", path=str(out), alpha=-1.0)
     assert np.allclose(pessimistic.score(*texts), (mean - std).numpy(), atol=1e-5)
+
+
+def test_combine_members_gives_mean_pessimistic_mean_and_worst_member_exactly() -> None:
+    rewards = torch.tensor([[1.0, 2.0, -4.0], [3.0, 2.0, 0.0], [2.0, 5.0, 1.0]])  # 3 members x 3 samples
+    std = torch.tensor([1.0, math.sqrt(3.0), math.sqrt(7.0)])  # sample std over members
+    score, mean, spread = combine_members(rewards)
+    assert torch.allclose(mean, torch.tensor([2.0, 3.0, -1.0])) and torch.allclose(spread, std)
+    assert torch.allclose(score, mean)
+    assert torch.allclose(combine_members(rewards, "mean", alpha=0.5)[0], mean + 0.5 * std)
+    assert torch.allclose(combine_members(rewards, "mean-std", lam=2.0)[0], mean - 2.0 * std)
+    assert torch.allclose(combine_members(rewards, "mean-std", lam=0.0)[0], mean)
+    assert combine_members(rewards, "min")[0].tolist() == [1.0, 2.0, -4.0]
+    single = combine_members(rewards[:1], "mean-std", lam=3.0)
+    assert single[0].tolist() == [1.0, 2.0, -4.0] and single[2].tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ConfigError, match="Did you mean 'min'"):
+        combine_members(rewards, "mni")
+
+
+@pytest.mark.parametrize(("kwargs", "pick"), [
+    ({"conservative": "mean-std", "lam": 1.5}, lambda m: m.mean(0) - 1.5 * m.std(0)),
+    ({"conservative": "min"}, lambda m: m.min(0).values),
+    ({"alpha": 0.5}, lambda m: m.mean(0) + 0.5 * m.std(0)),
+    ({}, lambda m: m.mean(0)),
+])
+def test_learned_rm_conservative_modes_score_from_the_members(ensemble, kwargs, pick) -> None:
+    model, _, out = ensemble
+    texts = (["The movie was"] * 3, [" great.", " awful.", " fine, I suppose."])
+    members = model.member_rewards(*texts)
+    rm = rlhf_gym.make_reward("learned-rm", path=str(out), **kwargs)
+    scores, extras = rm.score_with_info(*texts)
+    assert np.allclose(scores, pick(members).numpy(), atol=1e-5)
+    assert np.allclose(extras["uncertainty"], members.std(0).numpy(), atol=1e-5)
+    assert np.allclose(extras["rm_raw"], members.mean(0).numpy(), atol=1e-5)
+
+
+def test_uncertainty_is_in_normalised_units_and_conservative_settings_resume(ensemble) -> None:
+    _, _, out = ensemble
+    texts = (["The movie was"] * 2, [" great.", " awful."])
+    rm = rlhf_gym.make_reward("learned-rm", path=str(out), normalize="calibration", conservative="min")
+    _, extras = rm.score_with_info(*texts)
+    assert np.allclose(np.array(extras["uncertainty"]) * rm.reward_std, extras["rm_std"], atol=1e-6)
+    state = json.loads(json.dumps(rm.state_dict()))
+    assert state["conservative"] == "min"
+    resumed = rlhf_gym.make_reward("learned-rm", path=str(out), normalize="calibration")
+    resumed.load_state_dict(state)
+    assert resumed.score(*texts) == rm.score(*texts)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"conservative": "worst"}, "conservative mode"),
+    ({"conservative": "mean-std", "lam": -1.0}, "lam must be"),
+    ({"conservative": "mean-std", "lam": float("nan")}, "lam must be"),
+    ({"conservative": "min", "alpha": -1.0}, "alpha applies only"),
+    ({"lam": 2.0}, "lam applies only"),
+])
+def test_learned_rm_rejects_contradictory_pessimism(ensemble, kwargs, match) -> None:
+    _, _, out = ensemble
+    with pytest.raises(ConfigError, match=match):
+        rlhf_gym.make_reward("learned-rm", path=str(out), **kwargs)
+
+
+def test_online_run_logs_the_reward_models_uncertainty_per_batch(ensemble, backbone: str) -> None:
+    from rlhf_gym.policy import Policy
+
+    model, _, out = ensemble
+    policy = Policy.from_pretrained(backbone, value_head=False)
+    env = gym.make("rlhf_gym/Completion-v0", tokenizer=policy.tokenizer, prompts=["The movie was", "The plot"],
+                   reward="learned-rm", reward_kwargs={"path": str(out), "conservative": "mean-std"},
+                   max_new_tokens=4, max_prompt_tokens=8, vocab_size=policy.vocab_size)
+    algo = rlhf_gym.make_algorithm("reinforce", env=env, policy=policy, num_prompts=2, seed=0)
+    algo.learn(1, progress_bar=False)
+    samples = algo.last_samples
+    members = model.member_rewards([s["prompt"] for s in samples], [s["completion"] for s in samples])
+    assert algo.last_metrics["reward_model/uncertainty"] == pytest.approx(float(members.std(0).mean()), rel=1e-4)
+    algo.close()
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([0.5, 1.5], 1.0), ([None, 2.0], 2.0), ([None, None], None), ([float("nan"), 4.0], 4.0), (None, None)])
+def test_any_providers_uncertainty_extra_is_logged_as_its_batch_mean(backbone: str, values, expected) -> None:
+    from rlhf_gym.policy import Policy
+    from rlhf_gym.providers import RewardProvider
+
+    class Unsure(RewardProvider):
+        name = "unsure"
+
+        def score(self, prompts, completions, **row):
+            return [1.0] * len(prompts)
+
+        def score_with_info(self, prompts, completions, **row):
+            extras = {} if values is None else {"uncertainty": list(values)}
+            return self.score(prompts, completions), extras
+
+    policy = Policy.from_pretrained(backbone, value_head=False)
+    env = gym.make("rlhf_gym/Completion-v0", tokenizer=policy.tokenizer, prompts=["The movie was", "The plot"],
+                   reward=Unsure(), max_new_tokens=4, max_prompt_tokens=8, vocab_size=policy.vocab_size)
+    algo = rlhf_gym.make_algorithm("reinforce", env=env, policy=policy, num_prompts=2, seed=0)
+    algo.learn(1, progress_bar=False)
+    assert algo.last_metrics.get("reward_model/uncertainty") == expected
+    algo.close()
 
 
 def test_running_normalisation_state_resumes_exactly(ensemble) -> None:

@@ -24,7 +24,7 @@ trl = pytest.importorskip("trl")
 # -- DPO losses against DPOTrainer._compute_loss ---------------------------------------------------------------------
 
 
-def _trl_dpo_loss(per_token_logps, completion_mask, ref_chosen, ref_rejected, beta, loss_type):
+def _trl_dpo_loss(per_token_logps, completion_mask, ref_chosen, ref_rejected, beta, loss_type, label_smoothing=0.0):
     """TRL's DPOTrainer loss on given token log-probs: its real method, with the model and accelerator stubbed."""
     from trl.trainer.dpo_trainer import DPOTrainer
 
@@ -36,7 +36,7 @@ def _trl_dpo_loss(per_token_logps, completion_mask, ref_chosen, ref_rejected, be
     trainer = types.SimpleNamespace(
         model=types.SimpleNamespace(training=False), accelerator=accelerator, ld_alpha=None, aux_loss_enabled=False,
         precompute_ref_logps=True, f_divergence_type="reverse_kl", loss_types=[loss_type], loss_weights=[1.0],
-        beta=beta, use_weighting=False, label_smoothing=0.0, _total_train_tokens=0, _tp_size=1,
+        beta=beta, use_weighting=False, label_smoothing=label_smoothing, _total_train_tokens=0, _tp_size=1,
         _metrics=collections.defaultdict(lambda: collections.defaultdict(list)))
     inputs = {"input_ids": torch.zeros(n2, width + 1, dtype=torch.long),
               "attention_mask": torch.ones(n2, width + 1, dtype=torch.long),
@@ -71,6 +71,27 @@ def test_dpo_losses_and_gradients_match_trl(loss_type, beta, seed):
     ours.backward()
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-9, abs=1e-12)
     assert torch.allclose(ours_in.grad, theirs_in.grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.05, 0.2, 0.4])
+@pytest.mark.parametrize("beta", [0.1, 1.0])
+@pytest.mark.parametrize("seed", range(3))
+def test_conservative_dpo_matches_trls_label_smoothed_sigmoid(label_smoothing, beta, seed):
+    """Conservative DPO, −(1−ε)·log σ(βΔ) − ε·log σ(−βΔ): TRL's DPOTrainer computes it in its "aot" loss, which
+    sorts the batch's log-ratios first, so one pair at a time the two are the same loss (its "sigmoid" no longer
+    reads label_smoothing)."""
+    mask, logps, ref = _random_pairs(seed, pairs=1)
+    theirs_in = logps.clone().requires_grad_(True)
+    theirs = _trl_dpo_loss(theirs_in, mask, ref[:1], ref[1:], beta, "aot", label_smoothing)
+    theirs.backward()
+    ours_in = logps.clone().requires_grad_(True)
+    seq = ours_in.sum(1)
+    ours = dpo_loss(seq[:1], seq[1:], ref[:1], ref[1:], beta=beta, label_smoothing=label_smoothing).losses.mean()
+    ours.backward()
+    plain = dpo_loss(seq[:1].detach(), seq[1:].detach(), ref[:1], ref[1:], beta=beta).losses.mean()
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-9, abs=1e-12)
+    assert torch.allclose(ours_in.grad, theirs_in.grad, rtol=1e-9, atol=1e-12)
+    assert abs(ours.item() - plain.item()) > 1e-6  # ε really changed the loss
 
 
 def test_ipo_on_summed_log_probs_would_differ_from_trl():
