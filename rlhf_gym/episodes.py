@@ -344,14 +344,12 @@ def evaluate_episodes(policy: Any, env: Any, *, num_episodes: int = 128, batch_s
         holds the conversation (``messages``), its last context and turn (``prompt``, ``completion``) and ``score``.
     """
     from rlhf_gym.providers import as_provider, checked_scores
+    from rlhf_gym.rollout import reference_logprobs
 
     judge = as_provider(reward) if reward is not None else None
     batch_size = min(batch_size, num_episodes)
     worker = EpisodeWorker(env, policy, num_prompts=batch_size, seed=seed, temperature=temperature)
-    ref_logprobs = getattr(reference, "logprobs", None)
-    if reference is not None and ref_logprobs is None:  # a Policy: score with its own forward
-        def ref_logprobs(*args, temperature):
-            return reference(*args, temperature=temperature).logprobs
+    ref_logprobs = reference_logprobs(reference)
     scores: list[float] = []
     samples: list[dict[str, Any]] = []
     turns: list[int] = []

@@ -289,6 +289,21 @@ def check_action_space(env: Any, policy: Any) -> None:
         )
 
 
+def reference_logprobs(reference: Any) -> Any:
+    """``f(prompt_ids, prompt_mask, completion_ids, completion_mask, *, temperature)`` giving token log-probs under
+    ``reference`` (a frozen reference's own ``logprobs``, or a Policy's forward); None without a reference."""
+    if reference is None:
+        return None
+    own = getattr(reference, "logprobs", None)
+    if own is not None:
+        return own
+
+    def forward(*args: Any, temperature: float) -> torch.Tensor:  # a Policy: score with its own forward
+        return reference(*args, temperature=temperature).logprobs
+
+    return forward
+
+
 @torch.no_grad()
 def evaluate(policy: Any, env: Any, *, num_samples: int = 128, batch_size: int = 64, seed: int = 12345,
              reward: Any = None, temperature: float = 1.0, reference: Any = None) -> dict[str, Any]:
@@ -319,10 +334,7 @@ def evaluate(policy: Any, env: Any, *, num_samples: int = 128, batch_size: int =
     batch_size = min(batch_size, num_samples)
     worker = RolloutWorker(env, policy, num_prompts=batch_size, seed=seed, temperature=temperature)
     judge = as_provider(reward) if reward is not None else None
-    ref_logprobs = getattr(reference, "logprobs", None)
-    if reference is not None and ref_logprobs is None:  # a Policy: score with its own forward
-        def ref_logprobs(*args, temperature):
-            return reference(*args, temperature=temperature).logprobs
+    ref_logprobs = reference_logprobs(reference)
     scores: list[float] = []
     samples: list[dict[str, Any]] = []
     lengths: list[float] = []
