@@ -36,7 +36,8 @@ from rlhf_gym.providers import checked_scores
 
 @dataclass
 class DPOConfig(OnlineConfig):
-    beta: float = hp(0.1, "DPO β: strength of the implicit KL regularisation towards the reference")
+    beta: float = hp(0.1, "DPO β: strength of the implicit KL regularisation towards the reference (online: its "
+                          "starting value, which the KL controller then steers to hold kl_target)")
     loss_type: str = hp("sigmoid", f"DPO loss: {', '.join(DPO_LOSS_TYPES)}")
     label_smoothing: float = hp(0.0, "conservative DPO: assumed label-flip probability (sigmoid loss only)")
     dataset: Any = hp(None, "offline preference pairs (.jsonl/.parquet/.sqlite path, Dataset or list); None: online")
@@ -72,8 +73,7 @@ class DPO(OnlineAlgorithm):
                 raise ConfigError("online DPO samples from an environment: pass env=..., or dataset=... for offline DPO")
             if cfg.group_size < 2:
                 raise ConfigError(f"online DPO needs group_size ≥ 2 completions per prompt, got {cfg.group_size}")
-            super().setup()
-            self.reference = self.build_reference()
+            super().setup()  # builds the reference (β > 0) and the KL controller that steers β online
 
     # -- offline data: tokenised once, reference log-probs cached ---------------------------------------------------
     def _setup_offline(self) -> None:
@@ -111,7 +111,8 @@ class DPO(OnlineAlgorithm):
         r_ids, r_mask = widen(rejected_ids, rejected_mask)
         seq = self.policy.sequence_logprobs(torch.cat([prompt_ids, prompt_ids]), torch.cat([prompt_mask, prompt_mask]),
                                             torch.cat([c_ids, r_ids]), torch.cat([c_mask, r_mask]))
-        out = dpo_loss(seq[:n], seq[n:], ref_chosen, ref_rejected, beta=cfg.beta, loss_type=cfg.loss_type,
+        beta = cfg.beta if self.offline else self.kl_ctl.value
+        out = dpo_loss(seq[:n], seq[n:], ref_chosen, ref_rejected, beta=beta, loss_type=cfg.loss_type,
                        label_smoothing=cfg.label_smoothing, chosen_lengths=chosen_mask.sum(-1),
                        rejected_lengths=rejected_mask.sum(-1))
         loss = masked_mean(out.losses, weight)
@@ -182,6 +183,7 @@ class DPO(OnlineAlgorithm):
             r.completion_ids[rejected], r.completion_mask[rejected], ref[chosen], ref[rejected],
             weight=None if weight is None else weight.to(ref.device)))
         metrics["timing/update"] = time.perf_counter() - start
+        self.update_kl_controller(batch)
         return metrics
 
     # -- checkpoints --------------------------------------------------------------------------------------------------

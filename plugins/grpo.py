@@ -22,7 +22,8 @@ from rlhf_gym.online import OnlineAlgorithm, OnlineConfig
 @dataclass
 class GRPOConfig(OnlineConfig):
     group_size: int = hp(4, "completions per prompt; advantages are normalised within each prompt's group")
-    beta: float = hp(0.0, "weight of the k3 KL-to-reference loss term (0: none; kl_monitor still logs the KL)")
+    beta: float = hp(0.2, "initial weight of the k3 KL-to-reference loss term, steered by the KL controller to hold "
+                           "kl_target (0: no KL term and no budget; kl_monitor still logs the KL)")
     num_iterations: int = hp(1, "gradient steps on each batch (PPO-style clipping keeps later ones close)")
     clip_range: float = hp(0.2, "policy ratio clip ε")
     scale_rewards: bool = hp(True, "divide by the group's standard deviation (False: Dr. GRPO, mean only)")

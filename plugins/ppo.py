@@ -23,6 +23,9 @@ from rlhf_gym.online import OnlineAlgorithm, OnlineConfig
 @dataclass
 class PPOConfig(OnlineConfig):
     learning_rate: float = hp(1e-4, "AdamW learning rate")
+    beta: float = hp(0.1, "initial KL coefficient β of the per-token penalty; the controller then holds the KL near "
+                          "kl_target (0: no penalty and no budget). Higher than the others' start: PPO takes "
+                          "ppo_epochs × minibatches steps per batch, so its KL moves furthest between two β updates")
     ppo_epochs: int = hp(4, "passes over each batch")
     minibatch_size: int = hp(8, "samples per gradient step")
     clip_range: float = hp(0.2, "policy ratio clip ε")

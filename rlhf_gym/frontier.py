@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -287,7 +288,8 @@ def sweep_beta(
         betas: KL coefficients, each a finite number ≥ 0.
         algo: a registered online algorithm (``rloo``, ``ppo``, ``reinforce``, ``dpo``, ...).
         updates: updates per run (runs stop on update counts, so they are reproducible).
-        config: further algorithm config fields (not ``beta``, ``seed`` or ``run_dir``, which the sweep sets).
+        config: further algorithm config fields (not ``beta``, ``seed`` or ``run_dir``, which the sweep sets). Each
+            run holds its β fixed (``kl_target=None``) unless ``config`` gives a ``kl_target``.
         ground_truth: provider name, object or callable of the true score; also logged during training as
             ``objective/true_scores``. ``None``: proxy only.
         eval_samples: fresh samples measured per policy.
@@ -328,6 +330,8 @@ def sweep_beta(
             raise ConfigError("env must be an rlhf_gym env or a function f(policy) -> env")
         env = env(start)
     eval_seed = seed + 999
+    # each point holds its β fixed (no KL budget steering it) unless the config asks for a kl_target
+    fixed_beta = {"kl_target": None} if "kl_target" in {f.name for f in dataclasses.fields(algo_cls.Config)} else {}
     try:
         origin = measure(start, env, ground_truth=ground_truth, num_samples=eval_samples, seed=eval_seed,
                          num_shown=num_shown)
@@ -337,7 +341,7 @@ def sweep_beta(
             run_dir = out / f"beta-{beta:g}"
             if progress:
                 print(f"frontier: {algo} β={beta:g} for {updates} updates → {run_dir}", flush=True)
-            run_config = {**config, "beta": beta, "seed": seed, "run_dir": str(run_dir)}
+            run_config = {**fixed_beta, **config, "beta": beta, "seed": seed, "run_dir": str(run_dir)}
             if isinstance(ground_truth, str):
                 run_config.setdefault("true_reward", ground_truth)
             _reseed_provider(env, seed)

@@ -276,12 +276,15 @@ class AdaptiveKLController(KLController):
 
 
 def make_kl_controller(beta: float, target: float | None = None, horizon: int = 10000) -> KLController:
-    """A :class:`FixedKLController` when ``target`` is None, else an :class:`AdaptiveKLController` from ``beta``.
+    """A :class:`FixedKLController` when ``target`` is None or ``beta`` is 0 (no penalty, so no budget to hold),
+    else an :class:`AdaptiveKLController` starting from ``beta``.
 
     Example:
         >>> type(make_kl_controller(0.05)).__name__, type(make_kl_controller(0.05, target=6.0)).__name__
         ('FixedKLController', 'AdaptiveKLController')
+        >>> make_kl_controller(0.0, target=6.0).needs_reference
+        False
     """
-    if target is None:
+    if target is None or _check_beta(beta) == 0:
         return FixedKLController(beta)
     return AdaptiveKLController(beta, target, horizon)

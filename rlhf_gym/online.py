@@ -42,15 +42,24 @@ from rlhf_gym.kl import kl_estimate, make_kl_controller
 from rlhf_gym.rollout import Rollout, make_rollout_source
 
 
+#: default KL budget of every online algorithm, in nats per sample (sequence, or conversation on multi-turn envs)
+KL_BUDGET = 2.0
+#: default horizon of the adaptive KL controller, in samples
+KL_HORIZON = 1024
+
+
 @dataclass
 class OnlineConfig(AlgorithmConfig):
     """Hyper-parameters of algorithms that sample from the policy while training."""
 
     num_prompts: int = hp(16, "distinct prompts sampled per update")
     group_size: int = hp(1, "completions sampled per prompt")
-    beta: float = hp(0.05, "KL coefficient β against the frozen reference (0: no penalty; kl_monitor still logs the KL)")
-    kl_target: float | None = hp(None, "adaptive KL control: target KL per sequence (None: fixed β)")
-    kl_horizon: int = hp(10000, "adaptive KL control horizon, in samples")
+    beta: float = hp(0.05, "initial KL coefficient β against the frozen reference; the controller then holds the KL "
+                           "near kl_target (0: no penalty and no budget; kl_monitor still logs the KL)")
+    kl_target: float | None = hp(KL_BUDGET, "KL budget: the KL to the reference per sample (nats, summed over its "
+                                            "tokens) the adaptive controller steers β towards (None: β stays fixed)")
+    kl_horizon: int = hp(KL_HORIZON, "adaptive KL control horizon, in samples: the smaller, the faster β moves "
+                                     "(at most ±20% × batch/horizon per update)")
     kl_estimator: str = hp("k1", "per-token KL estimator in the penalty and in objective/kl: k1, k2 or k3")
     kl_monitor: str = hp(
         "reference", "with beta=0, how objective/kl is still measured against the starting policy: 'reference' "

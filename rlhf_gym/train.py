@@ -106,8 +106,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help=help_text["max_prompt_tokens"])
     parser.add_argument("--ground-truth", dest="ground_truth", help=help_text["ground_truth"])
     parser.add_argument("--beta", type=float,
-                        help=f"KL coefficient β; in the demo, --beta 0 adds a run without the penalty next to the "
-                             f"β={DEMO_BETA} one")
+                        help=f"KL coefficient β (its starting value when a KL budget, kl_target, steers it; 0: no "
+                             f"penalty); in the demo, --beta 0 adds a run without the penalty next to the β={DEMO_BETA} "
+                             f"one")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override any algorithm config field (repeatable); `--FIELD VALUE` works too")
     parser.add_argument("--ray", nargs="?", const=LOCAL_RAY, metavar="ADDRESS",
@@ -399,6 +400,17 @@ def make_env(opts: RunOptions, policy: Any, prompts: Any, reward: Any = None):
                     vocab_size=policy.vocab_size)
 
 
+def kl_setting(config: Any) -> str:
+    """How a run holds its KL, in words: ``β=0.05, KL budget 2 nats``, ``β=0.05 fixed``, ``β=0`` or ``no β``."""
+    beta = getattr(config, "beta", None)
+    if beta is None:
+        return "no β"
+    target = getattr(config, "kl_target", None)
+    if not beta:
+        return "β=0: no KL penalty"
+    return f"β={beta:g} fixed" if target is None else f"β from {beta:g}, KL budget {target:g} nats"
+
+
 def train_once(opts: RunOptions, run_dir: Path, policy: Any, env: Any, progress: bool, beta: float | None = None,
                label: str = "") -> dict[str, Any]:
     """One RL run from ``policy`` (left untouched: a copy is trained); returns before/after evaluations."""
@@ -417,7 +429,7 @@ def train_once(opts: RunOptions, run_dir: Path, policy: Any, env: Any, progress:
     trained = copy.deepcopy(policy)
     algo = make_algorithm(opts.algo, env=env, policy=trained, **config)
     algo.run_info = {"run": _options_dict(opts)}
-    _say(f"RL{label}: {opts.algo} for {opts.updates} updates (β={getattr(algo.config, 'beta', 'n/a')}) → {run_dir}")
+    _say(f"RL{label}: {opts.algo} for {opts.updates} updates ({kl_setting(algo.config)}) → {run_dir}")
     algo.learn(opts.updates, progress_bar=progress)
     # Fresh samples, scored by the ground truth, and their KL to the starting (SFT) policy.
     after = None

@@ -143,14 +143,33 @@ def test_make_kl_controller_picks_fixed_or_adaptive():
     [
         ({"beta": -0.1}, ">= 0"),
         ({"beta": float("nan")}, ">= 0"),
-        ({"beta": 0.0, "target": 6.0}, "init_beta > 0"),
+        ({"beta": -0.1, "target": 6.0}, ">= 0"),
         ({"beta": 0.1, "target": 0.0}, "target KL"),
+        ({"beta": 0.1, "target": -2.0}, "target KL"),
+        ({"beta": 0.1, "target": float("inf")}, "target KL"),
         ({"beta": 0.1, "target": 6.0, "horizon": 0}, "horizon"),
     ],
 )
 def test_bad_controller_settings_are_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         make_kl_controller(**kwargs)
+
+
+def test_beta_zero_turns_the_budget_off_rather_than_building_a_controller_that_cannot_move():
+    # β = 0 means "no penalty": a default kl_target must not turn it into an error, nor into a penalty
+    ctl = make_kl_controller(0.0, target=2.0, horizon=1024)
+    assert isinstance(ctl, FixedKLController) and ctl.value == 0.0 and not ctl.needs_reference
+    with pytest.raises(ConfigError, match="init_beta > 0"):
+        AdaptiveKLController(0.0, target=2.0)
+
+
+def test_the_controller_holds_beta_where_the_kl_meets_its_budget():
+    # a toy plant whose KL falls as β rises (KL = c/β): the controller settles β near c/target, from either side
+    for start in (0.001, 0.05, 5.0):
+        ctl = AdaptiveKLController(start, target=2.0, horizon=1024)
+        for _ in range(3000):
+            ctl.update(current_kl=0.1 / ctl.value, n_steps=64)
+        assert ctl.value == pytest.approx(0.05, rel=0.05), start
 
 
 # --- penalised rewards -------------------------------------------------------------------------------------------
