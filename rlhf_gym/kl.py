@@ -243,11 +243,15 @@ class FixedKLController(KLController):
 class AdaptiveKLController(KLController):
     """Proportional control of β toward a target KL (Ziegler et al., 2019)::
 
-        e = clip(KL / target - 1, -0.2, 0.2)
+        e = clip(KL / target - 1, -0.2 · relax, 0.2)
         β ← β · (1 + e · n_steps / horizon)
 
     β grows while the measured KL per completion is above ``target`` and shrinks while it is below; the clipped
-    error bounds how fast it can move.
+    error bounds how fast it can move. ``relax = 1`` is Ziegler's symmetric rule. ``relax < 1`` lets β fall only
+    that fraction as fast as it rises: early in a run the KL sits far below the target for many updates, and a β
+    that fell at full speed all that time would be too small to stop the policy once it reaches the target (the
+    KL then overshoots, as an integral controller winds up). The rule stays a target, not a ceiling: a KL under
+    the target still lowers β, only more slowly.
 
     Example:
         >>> ctl = AdaptiveKLController(init_beta=0.1, target=6.0, horizon=100)
@@ -255,7 +259,7 @@ class AdaptiveKLController(KLController):
         0.102
     """
 
-    def __init__(self, init_beta: float, target: float, horizon: int = 10000) -> None:
+    def __init__(self, init_beta: float, target: float, horizon: int = 10000, relax: float = 1.0) -> None:
         self.value = _check_beta(init_beta)
         if self.value == 0:
             raise ConfigError("An adaptive KL controller needs init_beta > 0 (β = 0 would never move).")
@@ -263,19 +267,24 @@ class AdaptiveKLController(KLController):
             raise ConfigError(f"target KL must be > 0, got {target}.")
         if not horizon > 0:
             raise ConfigError(f"horizon must be > 0, got {horizon}.")
+        if isinstance(relax, bool) or not (isinstance(relax, (int, float)) and 0 < relax <= 1):
+            raise ConfigError(f"relax (how fast β may fall, as a fraction of how fast it may rise) must be in (0, 1], "
+                              f"got {relax!r}.")
         self.target = float(target)
         self.horizon = horizon
+        self.relax = float(relax)
 
     def update(self, current_kl: float, n_steps: int) -> float:
         current_kl = float(current_kl)
         if not math.isfinite(current_kl):
             raise ValueError(f"current_kl must be finite, got {current_kl}.")
-        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        error = min(max(current_kl / self.target - 1.0, -0.2 * self.relax), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
         return self.value
 
 
-def make_kl_controller(beta: float, target: float | None = None, horizon: int = 10000) -> KLController:
+def make_kl_controller(beta: float, target: float | None = None, horizon: int = 10000,
+                       relax: float = 1.0) -> KLController:
     """A :class:`FixedKLController` when ``target`` is None or ``beta`` is 0 (no penalty, so no budget to hold),
     else an :class:`AdaptiveKLController` starting from ``beta``.
 
@@ -287,4 +296,4 @@ def make_kl_controller(beta: float, target: float | None = None, horizon: int = 
     """
     if target is None or _check_beta(beta) == 0:
         return FixedKLController(beta)
-    return AdaptiveKLController(beta, target, horizon)
+    return AdaptiveKLController(beta, target, horizon, relax)

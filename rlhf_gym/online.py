@@ -41,11 +41,12 @@ from rlhf_gym.errors import ConfigError
 from rlhf_gym.kl import kl_estimate, make_kl_controller
 from rlhf_gym.rollout import Rollout, make_rollout_source
 
-
 #: default KL budget of every online algorithm, in nats per sample (sequence, or conversation on multi-turn envs)
 KL_BUDGET = 2.0
 #: default horizon of the adaptive KL controller, in samples
-KL_HORIZON = 1024
+KL_HORIZON = 256
+#: default ratio of the controller's fastest fall of β to its fastest rise
+KL_RELAX = 0.25
 
 
 @dataclass
@@ -59,7 +60,9 @@ class OnlineConfig(AlgorithmConfig):
     kl_target: float | None = hp(KL_BUDGET, "KL budget: the KL to the reference per sample (nats, summed over its "
                                             "tokens) the adaptive controller steers β towards (None: β stays fixed)")
     kl_horizon: int = hp(KL_HORIZON, "adaptive KL control horizon, in samples: the smaller, the faster β moves "
-                                     "(at most ±20% × batch/horizon per update)")
+                                     "(up by at most 20% × batch/horizon per update)")
+    kl_relax: float = hp(KL_RELAX, "adaptive KL control: how fast β may fall while the KL is under the budget, as a "
+                                   "fraction of how fast it may rise above it (1: Ziegler's symmetric rule)")
     kl_estimator: str = hp("k1", "per-token KL estimator in the penalty and in objective/kl: k1, k2 or k3")
     kl_monitor: str = hp(
         "reference", "with beta=0, how objective/kl is still measured against the starting policy: 'reference' "
@@ -132,7 +135,7 @@ class OnlineAlgorithm(Algorithm):
     def setup(self) -> None:
         cfg = self.config
         self.rollouts = self._rollout_worker(cfg.seed)
-        self.kl_ctl = make_kl_controller(cfg.beta, cfg.kl_target, cfg.kl_horizon)
+        self.kl_ctl = make_kl_controller(cfg.beta, cfg.kl_target, cfg.kl_horizon, cfg.kl_relax)
         # The reference is a frozen copy of the policy as it is now. With β = 0 no penalty needs it, but the KL to
         # the starting policy is still measured (kl_monitor) against the same copy, never reported as a fake 0.
         self.kl_monitor_every = parse_kl_monitor(cfg.kl_monitor)
@@ -292,7 +295,8 @@ class OnlineAlgorithm(Algorithm):
     # -- checkpoints ------------------------------------------------------------------------------------------
     # The rollout worker (sampling RNG, prompt order, provider state), the KL controller and the reward statistics
     # are saved by the base class as components (Algorithm.checkpointed_components); the reference is a file.
-    resumable_fields = Algorithm.resumable_fields | {"beta", "kl_target", "kl_horizon", "rollout_workers", "ray_address"}
+    resumable_fields = Algorithm.resumable_fields | {"beta", "kl_target", "kl_horizon", "kl_relax", "rollout_workers",
+                                                    "ray_address"}
 
     def load_extra_state(self, tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> None:
         if "rollouts" in values and dp.rank() == 0:  # checkpoints written before the base saved components
@@ -327,11 +331,11 @@ class OnlineAlgorithm(Algorithm):
 
     def apply_overrides(self, changed: dict[str, Any]) -> None:
         super().apply_overrides(changed)
-        if {"beta", "kl_target", "kl_horizon"} & set(changed):
+        if {"beta", "kl_target", "kl_horizon", "kl_relax"} & set(changed):
             cfg = self.config
             # A new β starts from the value given; a new target or horizon continues from the current β.
             beta = cfg.beta if "beta" in changed or cfg.beta == 0 else self.kl_ctl.value
-            self.kl_ctl = make_kl_controller(beta, cfg.kl_target, cfg.kl_horizon)
+            self.kl_ctl = make_kl_controller(beta, cfg.kl_target, cfg.kl_horizon, cfg.kl_relax)
 
 
 def _mean_extra(extras: dict[str, list[Any]], key: str) -> float | None:

@@ -25,7 +25,6 @@ from typing import Any
 from rlhf_gym.config import parse_json_object
 from rlhf_gym.errors import ConfigError
 
-DEMO_BETA = 0.05
 #: ``--ray`` given without an address: start a Ray cluster on this machine
 LOCAL_RAY = "local"
 
@@ -106,9 +105,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help=help_text["max_prompt_tokens"])
     parser.add_argument("--ground-truth", dest="ground_truth", help=help_text["ground_truth"])
     parser.add_argument("--beta", type=float,
-                        help=f"KL coefficient β (its starting value when a KL budget, kl_target, steers it; 0: no "
-                             f"penalty); in the demo, --beta 0 adds a run without the penalty next to the β={DEMO_BETA} "
-                             f"one")
+                        help="KL coefficient β (its starting value when a KL budget, kl_target, steers it; 0: no "
+                             "penalty); in the demo, --beta 0 adds a run without the penalty next to one with the "
+                             "algorithm's default KL budget")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override any algorithm config field (repeatable); `--FIELD VALUE` works too")
     parser.add_argument("--ray", nargs="?", const=LOCAL_RAY, metavar="ADDRESS",
@@ -413,7 +412,8 @@ def kl_setting(config: Any) -> str:
 
 def train_once(opts: RunOptions, run_dir: Path, policy: Any, env: Any, progress: bool, beta: float | None = None,
                label: str = "") -> dict[str, Any]:
-    """One RL run from ``policy`` (left untouched: a copy is trained); returns before/after evaluations."""
+    """One RL run from ``policy`` (left untouched: a copy is trained); returns before/after evaluations. ``beta``
+    given overrides the config's (``None``: the algorithm's defaults, KL budget included)."""
     import copy
 
     from rlhf_gym.plugins import make_algorithm
@@ -573,7 +573,8 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     from rlhf_gym.resume import check_writable
 
     check_writable(run_dir)
-    earlier = [c for c in (run_dir / "checkpoints", *run_dir.glob("beta-*/checkpoints"))
+    sides = (run_dir / "kl-budget", *run_dir.glob("beta-*"))  # the two runs of `--beta 0`
+    earlier = [c for c in (run_dir / "checkpoints", *(side / "checkpoints" for side in sides))
                if c.is_dir() and any(not p.name.startswith(".") for p in c.iterdir())]  # (not an interrupted save's)
     if earlier:  # a new run's checkpoints mixed with an earlier run's would make --resume pick the wrong one
         raise ConfigError(f"{run_dir} already holds checkpoints of an earlier run ({earlier[0]}); continue that run "
@@ -590,8 +591,8 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     # `--beta 0` on the command line asks for the side-by-side demo; β = 0 from a config file is one plain run.
     compare_beta = demo and getattr(args, "beta", None) == 0.0
     if compare_beta:
-        for beta, name in ((DEMO_BETA, f"{opts.algo} β={DEMO_BETA}"), (0.0, f"{opts.algo} β=0 (no KL penalty)")):
-            sub = run_dir / f"beta-{beta:g}"
+        for beta, name in ((None, f"{opts.algo} KL budget"), (0.0, f"{opts.algo} β=0 (no KL penalty)")):
+            sub = run_dir / ("kl-budget" if beta is None else f"beta-{beta:g}")
             runs.append((name, train_once(opts, sub, policy, env, progress, beta=beta, label=f" [{name}]")))
     else:
         runs.append((f"after {opts.algo}", train_once(opts, run_dir, policy, env, progress)))

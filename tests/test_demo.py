@@ -44,8 +44,10 @@ def test_demo_trains_with_rlhf_and_writes_the_run_directory(tmp_path, tiny_kit):
 def test_demo_without_kl_penalty_runs_both_betas_side_by_side(tmp_path, tiny_kit):
     out = tmp_path / "demo-beta0"
     proc = run_demo(out, "--updates", "6", "--beta", "0")
-    penalised = json.loads((out / "beta-0.05" / "summary.json").read_text())
+    penalised = json.loads((out / "kl-budget" / "summary.json").read_text())
     free = json.loads((out / "beta-0" / "summary.json").read_text())
     assert penalised["kl"] >= 0 and free["kl"] >= 0
     assert json.loads((out / "beta-0" / "config.json").read_text())["beta"] == 0.0
-    assert "β=0 (no KL penalty)" in proc.stdout and "β=0.05" in proc.stdout
+    budget = json.loads((out / "kl-budget" / "config.json").read_text())
+    assert budget["kl_target"] == 2.0 and budget["beta"] > 0  # the side with the penalty runs on the defaults
+    assert "β=0 (no KL penalty)" in proc.stdout and "KL budget 2 nats" in proc.stdout

@@ -219,3 +219,21 @@ def test_scores_of_the_wrong_shape_are_an_error():
         kl_penalised_rewards(
             torch.tensor([1.0, 2.0]), torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2), 0.1
         )
+
+
+def test_relax_slows_only_the_fall_of_beta():
+    ctl = AdaptiveKLController(0.1, target=2.0, horizon=256, relax=0.25)
+    ctl.update(current_kl=0.0, n_steps=64)  # far under the budget: error clipped to -0.2 · 0.25
+    assert ctl.value == pytest.approx(0.1 * (1 - 0.05 * 64 / 256))
+    ctl = AdaptiveKLController(0.1, target=2.0, horizon=256, relax=0.25)
+    ctl.update(current_kl=10.0, n_steps=64)  # far over it: the full +0.2
+    assert ctl.value == pytest.approx(0.1 * (1 + 0.2 * 64 / 256))
+    ziegler = AdaptiveKLController(0.1, target=2.0, horizon=256)
+    ziegler.update(current_kl=0.0, n_steps=64)
+    assert ziegler.value == pytest.approx(0.1 * (1 - 0.2 * 64 / 256))
+
+
+@pytest.mark.parametrize("relax", [0, -0.5, 1.5, float("nan"), True, "fast"])
+def test_bad_relax_is_a_config_error(relax):
+    with pytest.raises(ConfigError, match="relax"):
+        AdaptiveKLController(0.1, target=2.0, relax=relax)

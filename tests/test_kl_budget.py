@@ -8,7 +8,6 @@ budget stays near it and still gains; a smaller budget drifts less than a larger
 from __future__ import annotations
 
 import pytest
-
 from test_learning import train
 
 pytestmark = pytest.mark.slow
@@ -17,10 +16,11 @@ PRESSURE = {"learning_rate": 6e-4}
 
 
 def test_the_budget_holds_a_hard_pushed_run_where_a_fixed_beta_drifts_away(tiny_kit):
-    _, fixed, kl_fixed, _ = train(tiny_kit, "rloo", 80, kl_target=None, **PRESSURE)
-    before, budget, kl_budget, algo = train(tiny_kit, "rloo", 80, **PRESSURE)
-    assert kl_budget <= 5.0, f"KL {kl_budget:.2f} with the 2-nat budget"
-    assert kl_fixed >= 2 * kl_budget, f"fixed β=0.05: KL {kl_fixed:.2f}; budget: {kl_budget:.2f}"
+    # GRPO drifts furthest at a fixed β (its KL term is a per-token mean); 6× its learning rate pushes it harder
+    _, _, kl_fixed, _ = train(tiny_kit, "grpo", 80, kl_target=None, **PRESSURE)
+    before, budget, kl_budget, algo = train(tiny_kit, "grpo", 80, **PRESSURE)
+    assert kl_budget <= 3.5, f"KL {kl_budget:.2f} with the 2-nat budget"
+    assert kl_fixed >= 1.5 * kl_budget, f"β fixed at its start: KL {kl_fixed:.2f}; with the budget: {kl_budget:.2f}"
     assert budget - before >= 0.3
     assert algo.kl_ctl.value > algo.config.beta  # the controller raised β to hold the budget
 
