@@ -4,7 +4,9 @@ model.
 - **Offline**: ``dataset=`` a TRL-format preference file (``prompt``/``chosen``/``rejected`` as text or as message
   lists, or implicit-prompt ``chosen``/``rejected`` conversations: ``.jsonl``, ``.parquet``), a preference store
   (``.sqlite``), a ``datasets.Dataset`` or a list of dicts. Conversations are rendered with the chat template.
-  Everything is tokenised once; each pair's reference log-probs are computed once and cached.
+  Everything is tokenised once; each pair's reference log-probs are computed once and cached. ``epochs`` stops
+  training after that many passes over the pairs; with noisy labels, ``label_smoothing`` (conservative DPO) keeps a
+  longer run from drifting (docs/reward_models.md, "Offline DPO from noisy pairs", has the measurements).
 - **Online** (no dataset): each update samples ``group_size`` completions per prompt through the env, asks the
   env's reward provider to ``compare`` every pair within a prompt's group in one batched call (this is where a
   simulated or live human's pairwise judgement enters), and updates on the decided pairs (ties and skips dropped).
