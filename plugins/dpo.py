@@ -4,7 +4,9 @@ model.
 - **Offline**: ``dataset=`` a TRL-format preference file (``prompt``/``chosen``/``rejected`` as text or as message
   lists, or implicit-prompt ``chosen``/``rejected`` conversations: ``.jsonl``, ``.parquet``), a preference store
   (``.sqlite``), a ``datasets.Dataset`` or a list of dicts. Conversations are rendered with the chat template.
-  Everything is tokenised once; each pair's reference log-probs are computed once and cached.
+  Everything is tokenised once; each pair's reference log-probs are computed once and cached. ``epochs`` stops
+  training after that many passes over the pairs; with noisy labels, ``label_smoothing`` (conservative DPO) keeps a
+  longer run from drifting (docs/reward_models.md, "Offline DPO from noisy pairs", has the measurements).
 - **Online** (no dataset): each update samples ``group_size`` completions per prompt through the env, asks the
   env's reward provider to ``compare`` every pair within a prompt's group in one batched call (this is where a
   simulated or live human's pairwise judgement enters), and updates on the decided pairs (ties and skips dropped).
@@ -13,6 +15,7 @@ model.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +45,8 @@ class DPOConfig(OnlineConfig):
     label_smoothing: float = hp(0.0, "conservative DPO: assumed label-flip probability (sigmoid loss only)")
     dataset: Any = hp(None, "offline preference pairs (.jsonl/.parquet/.sqlite path, Dataset or list); None: online")
     batch_size: int = hp(16, "offline: pairs per update")
+    epochs: float | None = hp(None, "offline: stop after this many passes over the pairs when learn()'s update count "
+                                    "would run longer (None: the update count alone)")
     max_prompt_tokens: int = hp(64, "offline: prompts are left-truncated to this many tokens")
     max_completion_tokens: int = hp(64, "offline: completions are truncated to this many tokens")
     group_size: int = hp(2, "online: completions sampled per prompt; every pair within a prompt is compared")
@@ -64,6 +69,14 @@ class DPO(OnlineAlgorithm):
         if cfg.beta <= 0:
             raise ConfigError(f"DPO needs beta > 0, got {cfg.beta}")
         self.offline = cfg.dataset is not None
+        if cfg.epochs is not None:
+            if not self.offline:
+                raise ConfigError("epochs counts passes over an offline preference dataset; online DPO stops on the "
+                                  "update count alone (pass dataset=..., or leave epochs=None)")
+            if isinstance(cfg.epochs, bool) or not isinstance(cfg.epochs, (int, float)) or not cfg.epochs > 0 \
+                    or not math.isfinite(cfg.epochs):
+                raise ConfigError(f"epochs must be a finite number > 0 of passes over the pairs (e.g. 1), or None, "
+                                  f"got {cfg.epochs!r}")
         if self.offline:
             self.reference = self.build_reference()
             self._setup_offline()
@@ -91,6 +104,22 @@ class DPO(OnlineAlgorithm):
             pol.tokenizer, [r["rejected"] for r in records], cfg.max_completion_tokens, **tok)
         self.ref_cache = torch.full((len(records), 2), float("nan"))
         self.batches = ShuffledIndices(len(records), cfg.batch_size, cfg.seed)
+
+    def learn(self, total_updates: int, callback: Any = None, progress_bar: bool = True) -> DPO:
+        """As :meth:`Algorithm.learn`; offline with ``epochs`` set, training also stops once the updates made reach
+        ``ceil(epochs · pairs / batch_size)``, whichever comes first."""
+        cap = self.epoch_limit
+        if cap is not None and total_updates > cap:
+            total_updates = max(cap, self.num_updates)
+        super().learn(total_updates, callback=callback, progress_bar=progress_bar)
+        return self
+
+    @property
+    def epoch_limit(self) -> int | None:
+        """The update count at which ``epochs`` passes over the offline pairs are done (``None``: no limit)."""
+        if not self.offline or self.config.epochs is None:
+            return None
+        return max(1, math.ceil(self.config.epochs * self.batches.n / self.config.batch_size))
 
     # -- the update -------------------------------------------------------------------------------------------------
     def _dpo_update(self, prompt_ids, prompt_mask, chosen_ids, chosen_mask, rejected_ids, rejected_mask,
