@@ -457,7 +457,8 @@ def test_resume_applies_safe_overrides_records_them_and_refuses_the_rest_by_name
     state = json.loads((run_dir / "checkpoints" / "last" / "trainer_state.json").read_text())
     assert {g["lr"] for g in state["optimizer"]["param_groups"]} == {5.0}
     rows = __import__("rlhf_gym.run_logger").run_logger.read_metrics(run_dir)
-    assert [r["objective/beta"] for r in rows] == [0.05, 0.05, 0.05, 3.0]
+    # the KL budget's controller moves β a little each update; the override restarts it from 3
+    assert [r["objective/beta"] for r in rows] == pytest.approx([0.05, 0.05, 0.05, 3.0], rel=0.01)
     assert (run_dir / "policy" / "model.safetensors").is_file()
     assert json.loads((run_dir / "summary.json").read_text())["after"]["mean"] is not None
 
@@ -572,7 +573,7 @@ def test_library_load_applies_kl_overrides_and_refuses_turning_the_penalty_on(ra
     _, _, env = trained
     for beta in (0.0, 0.1):
         algo = rlhf_gym.make_algorithm("rloo", env=env, policy=random_model_path, num_prompts=2, group_size=2,
-                                       beta=beta, seed=2)
+                                       beta=beta, kl_target=None, seed=2)  # β fixed, so turning the budget on shows
         algo.learn(1, progress_bar=False)
         algo.save(tmp_path / f"beta-{beta}")
     cls = type(algo)
