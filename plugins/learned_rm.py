@@ -30,6 +30,8 @@ from rlhf_gym.providers import RewardProvider, Score
 from rlhf_gym.reward_model import CONSERVATIVE_MODES, combine_members
 
 NORMALIZE_MODES = ("none", "running", "calibration")
+#: which part of the members' disagreement ``conservative="mean-std"`` pays for
+PENALISE_MODES = ("all", "excess")
 #: smallest standard deviation divided by, so a constant reward model does not blow scores up
 MIN_STD = 1e-6
 
@@ -116,6 +118,7 @@ class LearnedRewardModel(RewardProvider):
         alpha: float = 0.0,
         conservative: str = "mean",
         lam: float = 1.0,
+        penalise: str = "all",
         device: str | None = "auto",
         dtype: str | None = "float32",
     ) -> None:
@@ -135,6 +138,10 @@ class LearnedRewardModel(RewardProvider):
             raise ConfigError(
                 f"alpha applies only with conservative='mean'; with conservative={conservative!r} drop alpha "
                 f"(use lam for 'mean-std')")
+        if penalise not in PENALISE_MODES:
+            raise ConfigError(unknown_name_message("penalise mode", str(penalise), PENALISE_MODES))
+        if penalise != "all" and conservative != "mean-std":
+            raise ConfigError(f"penalise={penalise!r} applies only with conservative='mean-std'")
         if conservative == "mean" and float(lam) != 1.0:
             raise ConfigError("lam applies only with conservative='mean-std'; set conservative='mean-std' or use alpha")
         if (calibration_prompts is None) != (calibration_completions is None):
@@ -154,6 +161,16 @@ class LearnedRewardModel(RewardProvider):
         self.alpha = float(alpha)
         self.conservative = conservative
         self.lam = float(lam)
+        self.penalise = penalise
+        self.baseline_std = 0.0
+        if penalise == "excess":
+            saved = (self.model.card.get("calibration") or {}).get("member_std")
+            if saved is None:
+                raise ConfigError(
+                    f"penalise='excess' needs the members' std on their training completions, which reward model "
+                    f"{self.path!r} does not record in rm_card.json; retrain it with `rlhf-gym train-rm`, or use "
+                    f"penalise='all'")
+            self.baseline_std = float(saved)
         self.name = "learned-rm"
         self._count = 0
         self._mean = 0.0
@@ -214,7 +231,8 @@ class LearnedRewardModel(RewardProvider):
     def state_dict(self) -> dict[str, Any]:
         """The normalisation state as a JSON-able dict (for checkpoints)."""
         return {"normalize": self.normalize, "count": self._count, "mean": self._mean, "m2": self._m2,
-                "alpha": self.alpha, "conservative": self.conservative, "lam": self.lam}
+                "alpha": self.alpha, "conservative": self.conservative, "lam": self.lam, "penalise": self.penalise,
+                "baseline_std": self.baseline_std}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned, so scoring resumes exactly."""
@@ -226,6 +244,8 @@ class LearnedRewardModel(RewardProvider):
         self.alpha = float(state.get("alpha", self.alpha))
         self.conservative = str(state.get("conservative", self.conservative))
         self.lam = float(state.get("lam", self.lam))
+        self.penalise = str(state.get("penalise", self.penalise))
+        self.baseline_std = float(state.get("baseline_std", self.baseline_std))
 
     # -- scoring --------------------------------------------------------------------------------------------------
     def raw_scores(self, prompts: list[str], completions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,7 +260,8 @@ class LearnedRewardModel(RewardProvider):
         if len(prompts) != len(completions):
             raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
         rewards = self.model.member_rewards(list(prompts), list(completions), self.batch_size).double()
-        combined, mean, std = combine_members(rewards, self.conservative, alpha=self.alpha, lam=self.lam)
+        combined, mean, std = combine_members(rewards, self.conservative, alpha=self.alpha, lam=self.lam,
+                                              baseline_std=self.baseline_std)
         if self.normalize == "running":
             self._update_running(mean)
         score = (combined - self.reward_mean) / self.reward_std
