@@ -5,7 +5,8 @@ provider can normalise them: with running statistics of everything it has scored
 deviation over a calibration set (by default the training completions recorded in the model's ``rm_card.json``).
 For an ensemble the score is ``mean + α·std`` of the members' rewards by default; a negative α is pessimistic about
 completions the members disagree on, which dampens reward hacking. ``conservative="mean-std"`` says the same with a
-positive λ (``mean − λ·std``) and ``conservative="min"`` scores the worst member. Every ensemble score comes with
+positive λ (``mean − λ·std``; ``penalise="excess"`` pays only for the std above the members' usual std on their
+training completions) and ``conservative="min"`` scores the worst member. Every ensemble score comes with
 the members' standard deviation as the per-sample extra ``uncertainty``, which online algorithms log per batch as
 ``reward_model/uncertainty``.
 
@@ -94,6 +95,9 @@ class LearnedRewardModel(RewardProvider):
             ``mean − λ·std``) or ``"min"`` (the worst member). Normalisation applies afterwards, with statistics of
             the members' mean.
         lam: λ of ``conservative="mean-std"`` (≥ 0).
+        penalise: with ``conservative="mean-std"``, ``"all"`` pays λ for all of the members' std; ``"excess"`` only
+            for the std above their mean std on the training completions (recorded in ``rm_card.json``), so
+            disagreement as large as on the data costs nothing.
         device: where to run the model: ``"auto"`` (a GPU when there is one), ``"cpu"``, ``"cuda"``, ``"cuda:N"``,
             ``"mps"`` — on its own device, apart from the policy, if you like.
         dtype: storage and compute precision of the model: ``"float32"``, ``"bfloat16"`` or ``"float16"``
