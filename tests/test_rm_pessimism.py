@@ -104,6 +104,18 @@ def test_priors_save_and_load_to_identical_scores(with_priors) -> None:
     assert scores == pytest.approx(model.member_rewards(prompts, texts).min(0).values.tolist(), abs=1e-5)
 
 
+def test_scalar_head_members_take_priors_and_round_trip(backbone: str, tmp_path: Path) -> None:
+    model, _ = train(backbone, tmp_path / "rm", prior_scale=0.5, pooling="mean", ensemble_size=2)
+    assert model.member_kind() == "scalar-head"
+    member = model.members[0]
+    assert not torch.equal(member.prior.head.weight, member.model.head.weight)
+    loaded = RewardModel.from_pretrained(tmp_path / "rm")
+    assert isinstance(loaded.members[1], PriorMember) and loaded.members[1].scale == 0.5
+    prompts = ["The movie was"] * len(OFF_DATA)
+    assert torch.allclose(model.member_rewards(prompts, OFF_DATA), loaded.member_rewards(prompts, OFF_DATA),
+                          atol=1e-5)
+
+
 @pytest.mark.parametrize("damage", ["{not json", "{}", '{"scale": "x", "mean": 0, "std": 1}'])
 def test_a_damaged_prior_file_is_one_clear_error(with_priors, tmp_path: Path, damage: str) -> None:
     import shutil
