@@ -5,7 +5,8 @@ provider can normalise them: with running statistics of everything it has scored
 deviation over a calibration set (by default the training completions recorded in the model's ``rm_card.json``).
 For an ensemble the score is ``mean + α·std`` of the members' rewards by default; a negative α is pessimistic about
 completions the members disagree on, which dampens reward hacking. ``conservative="mean-std"`` says the same with a
-positive λ (``mean − λ·std``) and ``conservative="min"`` scores the worst member. Every ensemble score comes with
+positive λ (``mean − λ·std``; ``penalise="excess"`` pays only for the std above the members' usual std on their
+training completions) and ``conservative="min"`` scores the worst member. Every ensemble score comes with
 the members' standard deviation as the per-sample extra ``uncertainty``, which online algorithms log per batch as
 ``reward_model/uncertainty``.
 
@@ -30,6 +31,8 @@ from rlhf_gym.providers import RewardProvider, Score
 from rlhf_gym.reward_model import CONSERVATIVE_MODES, combine_members
 
 NORMALIZE_MODES = ("none", "running", "calibration")
+#: which part of the members' disagreement ``conservative="mean-std"`` pays for
+PENALISE_MODES = ("all", "excess")
 #: smallest standard deviation divided by, so a constant reward model does not blow scores up
 MIN_STD = 1e-6
 
@@ -92,6 +95,9 @@ class LearnedRewardModel(RewardProvider):
             ``mean − λ·std``) or ``"min"`` (the worst member). Normalisation applies afterwards, with statistics of
             the members' mean.
         lam: λ of ``conservative="mean-std"`` (≥ 0).
+        penalise: with ``conservative="mean-std"``, ``"all"`` pays λ for all of the members' std; ``"excess"`` only
+            for the std above their mean std on the training completions (recorded in ``rm_card.json``), so
+            disagreement as large as on the data costs nothing.
         device: where to run the model: ``"auto"`` (a GPU when there is one), ``"cpu"``, ``"cuda"``, ``"cuda:N"``,
             ``"mps"`` — on its own device, apart from the policy, if you like.
         dtype: storage and compute precision of the model: ``"float32"``, ``"bfloat16"`` or ``"float16"``
@@ -116,6 +122,7 @@ class LearnedRewardModel(RewardProvider):
         alpha: float = 0.0,
         conservative: str = "mean",
         lam: float = 1.0,
+        penalise: str = "all",
         device: str | None = "auto",
         dtype: str | None = "float32",
     ) -> None:
@@ -135,6 +142,10 @@ class LearnedRewardModel(RewardProvider):
             raise ConfigError(
                 f"alpha applies only with conservative='mean'; with conservative={conservative!r} drop alpha "
                 f"(use lam for 'mean-std')")
+        if penalise not in PENALISE_MODES:
+            raise ConfigError(unknown_name_message("penalise mode", str(penalise), PENALISE_MODES))
+        if penalise != "all" and conservative != "mean-std":
+            raise ConfigError(f"penalise={penalise!r} applies only with conservative='mean-std'")
         if conservative == "mean" and float(lam) != 1.0:
             raise ConfigError("lam applies only with conservative='mean-std'; set conservative='mean-std' or use alpha")
         if (calibration_prompts is None) != (calibration_completions is None):
@@ -154,6 +165,16 @@ class LearnedRewardModel(RewardProvider):
         self.alpha = float(alpha)
         self.conservative = conservative
         self.lam = float(lam)
+        self.penalise = penalise
+        self.baseline_std = 0.0
+        if penalise == "excess":
+            saved = (self.model.card.get("calibration") or {}).get("member_std")
+            if saved is None:
+                raise ConfigError(
+                    f"penalise='excess' needs the members' std on their training completions, which reward model "
+                    f"{self.path!r} does not record in rm_card.json; retrain it with `rlhf-gym train-rm`, or use "
+                    f"penalise='all'")
+            self.baseline_std = float(saved)
         self.name = "learned-rm"
         self._count = 0
         self._mean = 0.0
@@ -214,7 +235,8 @@ class LearnedRewardModel(RewardProvider):
     def state_dict(self) -> dict[str, Any]:
         """The normalisation state as a JSON-able dict (for checkpoints)."""
         return {"normalize": self.normalize, "count": self._count, "mean": self._mean, "m2": self._m2,
-                "alpha": self.alpha, "conservative": self.conservative, "lam": self.lam}
+                "alpha": self.alpha, "conservative": self.conservative, "lam": self.lam, "penalise": self.penalise,
+                "baseline_std": self.baseline_std}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned, so scoring resumes exactly."""
@@ -226,6 +248,8 @@ class LearnedRewardModel(RewardProvider):
         self.alpha = float(state.get("alpha", self.alpha))
         self.conservative = str(state.get("conservative", self.conservative))
         self.lam = float(state.get("lam", self.lam))
+        self.penalise = str(state.get("penalise", self.penalise))
+        self.baseline_std = float(state.get("baseline_std", self.baseline_std))
 
     # -- scoring --------------------------------------------------------------------------------------------------
     def raw_scores(self, prompts: list[str], completions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,7 +264,8 @@ class LearnedRewardModel(RewardProvider):
         if len(prompts) != len(completions):
             raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
         rewards = self.model.member_rewards(list(prompts), list(completions), self.batch_size).double()
-        combined, mean, std = combine_members(rewards, self.conservative, alpha=self.alpha, lam=self.lam)
+        combined, mean, std = combine_members(rewards, self.conservative, alpha=self.alpha, lam=self.lam,
+                                              baseline_std=self.baseline_std)
         if self.normalize == "running":
             self._update_running(mean)
         score = (combined - self.reward_mean) / self.reward_std

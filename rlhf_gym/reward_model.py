@@ -41,6 +41,7 @@ from torch import nn
 from rlhf_gym.config import build_config, config_to_dict, field_help, hp, parse_json_object
 from rlhf_gym.devices import autocast, check_precision, make_grad_scaler, resolve_device, resolve_dtype
 from rlhf_gym.errors import ConfigError, RLHFGymError, unknown_name_message
+from rlhf_gym.rm_priors import PRIOR_DIR, PriorMember, has_prior, load_prior_settings, random_copy
 
 __all__ = [
     "CARD_NAME",
@@ -95,6 +96,8 @@ class RewardModelConfig:
     eval_fraction: float = hp(0.1, "fraction of pairs held out to measure accuracy (0: none)")
     ensemble_size: int = hp(1, "number of independently trained members (mean and std of their rewards)")
     bootstrap: bool = hp(True, "train each ensemble member on a resample (with replacement) of the pairs")
+    prior_scale: float = hp(0.0, "each member adds a fixed random prior network scaled to this spread, so members "
+                                 "disagree off the training data (Osband et al. 2018; 0: no prior)")
     pooling: str = hp("last", "how a scalar head pools a causal LM's hidden states: 'last' real token or 'mean'")
     seed: int = hp(0, "seed of the split, the resamples, the head initialisation and the batch order")
     device: str = hp("auto", "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
@@ -115,6 +118,8 @@ class RewardModelConfig:
              f"center_rewards_coefficient must be >= 0, got {self.center_rewards_coefficient}"),
             (0.0 <= self.eval_fraction < 1.0, f"eval_fraction must lie in [0, 1), got {self.eval_fraction}"),
             (self.ensemble_size >= 1, f"ensemble_size must be >= 1, got {self.ensemble_size}"),
+            (math.isfinite(self.prior_scale) and self.prior_scale >= 0,
+             f"prior_scale must be a finite number >= 0, got {self.prior_scale}"),
             (self.pooling in POOLINGS, f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}"),
         ]
         for ok, message in checks:
@@ -227,7 +232,7 @@ class ScalarHeadModel(nn.Module):
 
 def _member_rewards(member: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """``(B,)`` rewards of one member, whatever kind it is."""
-    if isinstance(member, ScalarHeadModel):
+    if isinstance(member, ScalarHeadModel) or getattr(member, "returns_rewards", False):
         return member(input_ids, attention_mask)
     logits = member(input_ids=input_ids, attention_mask=attention_mask).logits
     if logits.shape[-1] != 1:
@@ -326,12 +331,14 @@ def _utc_now() -> str:
 CONSERVATIVE_MODES = ("mean", "mean-std", "min")
 
 
-def combine_members(rewards: torch.Tensor, mode: str = "mean", *, alpha: float = 0.0,
-                    lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def combine_members(rewards: torch.Tensor, mode: str = "mean", *, alpha: float = 0.0, lam: float = 1.0,
+                    baseline_std: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One reward per sample from ``(num_members, N)`` member rewards: ``(score, mean, std)``, each ``(N,)``.
 
-    ``mode="mean"`` scores ``mean + α·std``; ``"mean-std"`` the pessimistic ``mean − λ·std``; ``"min"`` the worst
-    member. ``std`` (the members' sample standard deviation, 0 for a single model) is the ensemble's uncertainty.
+    ``mode="mean"`` scores ``mean + α·std``; ``"mean-std"`` the pessimistic ``mean − λ·max(std − baseline_std, 0)``
+    (``baseline_std`` is the disagreement not to pay for, e.g. the members' usual std on their training
+    completions; 0 pays for all of it); ``"min"`` the worst member. ``std`` (the members' sample standard
+    deviation, 0 for a single model) is the ensemble's uncertainty.
 
     Example:
         >>> combine_members(torch.tensor([[1.0], [3.0]]), "mean-std", lam=1.0)[0]
@@ -346,7 +353,7 @@ def combine_members(rewards: torch.Tensor, mode: str = "mean", *, alpha: float =
     if mode == "min":
         score = rewards.min(dim=0).values
     elif mode == "mean-std":
-        score = mean - lam * std
+        score = mean - lam * (std - baseline_std).clamp(min=0.0)
     else:
         score = mean + alpha * std
     return score, mean, std
@@ -380,7 +387,7 @@ class RewardModel(nn.Module):
         member: Any
         for member in self.members:
             member_config = member.config
-            if not isinstance(member, ScalarHeadModel):
+            if not isinstance(_trained_part(member), ScalarHeadModel):
                 _check_scalar_config(member_config, "the reward model")
             if getattr(member_config, "pad_token_id", None) is None:
                 member_config.pad_token_id = self.tokenizer.pad_token_id
@@ -456,7 +463,7 @@ class RewardModel(nn.Module):
 
     # -- persistence ---------------------------------------------------------------------------------------------
     def member_kind(self) -> str:
-        return "scalar-head" if isinstance(self.members[0], ScalarHeadModel) else "sequence-classification"
+        return "scalar-head" if isinstance(_trained_part(self.members[0]), ScalarHeadModel) else "sequence-classification"
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> None:
         """Write safetensors weights, the tokenizer and ``rm_card.json``.
@@ -498,7 +505,6 @@ class RewardModel(nn.Module):
             RewardModelError: the folder does not exist, has no tokenizer, or holds a model whose output is not
                 one scalar.
         """
-        from transformers import AutoConfig, AutoModelForSequenceClassification
 
         path = Path(path)
         if not path.is_dir():
@@ -518,20 +524,12 @@ class RewardModel(nn.Module):
         dirs = [path] if count == 1 else [path / f"member-{i}" for i in range(count)]
         members: list[nn.Module] = []
         for folder in dirs:
-            if not (folder / "config.json").is_file():
-                raise RewardModelError(
-                    f"reward model {str(path)!r} has no model in {str(folder)!r} (config.json missing); give the "
-                    f"folder written by `rlhf-gym train-rm`")
-            if kind == "scalar-head":
-                members.append(ScalarHeadModel.from_pretrained(folder, card.get("pooling", "last")))
-                continue
-            _check_scalar_config(AutoConfig.from_pretrained(str(folder)), str(path))
-            try:
-                members.append(AutoModelForSequenceClassification.from_pretrained(str(folder)))
-            except ValueError as exc:
-                raise RewardModelError(
-                    f"{str(folder)!r} cannot be loaded as a sequence classifier ({exc}); a reward model folder must "
-                    f"hold one trained with `rlhf-gym train-rm`, or a Hugging Face model with num_labels=1") from exc
+            member = _load_member(folder, kind, card, str(path))
+            if has_prior(folder):
+                settings = load_prior_settings(folder)
+                member = PriorMember(member, _load_member(folder / PRIOR_DIR, kind, card, str(path)),
+                                     settings["scale"], _member_rewards, settings["mean"], settings["std"])
+            members.append(member)
         model = cls(members, tokenizer, max_length=int(card.get("max_length", 512)), card=card)
         model.eval()
         if device is not None:
@@ -540,6 +538,46 @@ class RewardModel(nn.Module):
             model.compute_dtype = resolve_dtype(dtype)
             model.to(model.compute_dtype)
         return model
+
+
+def _trained_part(member: nn.Module) -> nn.Module:
+    """The trained model of a member (without its random prior, if it has one)."""
+    return member.model if isinstance(member, PriorMember) else member
+
+
+def _load_member(folder: Path, kind: str, card: Mapping[str, Any], where: str) -> nn.Module:
+    """One saved member (or prior) network of ``kind``."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if not (folder / "config.json").is_file():
+        raise RewardModelError(
+            f"reward model {where!r} has no model in {str(folder)!r} (config.json missing); give the folder written "
+            f"by `rlhf-gym train-rm`")
+    if kind == "scalar-head":
+        return ScalarHeadModel.from_pretrained(folder, card.get("pooling", "last"))
+    _check_scalar_config(AutoConfig.from_pretrained(str(folder)), where)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(str(folder))
+    except ValueError as exc:
+        raise RewardModelError(
+            f"{str(folder)!r} cannot be loaded as a sequence classifier ({exc}); a reward model folder must hold one "
+            f"trained with `rlhf-gym train-rm`, or a Hugging Face model with num_labels=1") from exc
+
+
+def _with_priors(model: RewardModel, config: RewardModelConfig, texts: Sequence[Mapping[str, Any]],
+                 batch_size: int) -> None:
+    """Give every member a random prior of its own seed, standardised over the completions of ``texts``."""
+    prompts = [p["prompt"] for p in texts] * 2
+    completions = [p["chosen"] for p in texts] + [p["rejected"] for p in texts]
+    batches = []
+    for start in range(0, len(prompts), batch_size):
+        enc = model.encode(prompts[start:start + batch_size], completions[start:start + batch_size])
+        batches.append((enc["input_ids"], enc["attention_mask"]))
+    for i, member in enumerate(model.members):
+        prior = random_copy(member, config.seed + 104729 * (i + 1)).to(model.device)
+        wrapped = PriorMember(member, prior, config.prior_scale, _member_rewards)
+        wrapped.standardise(batches)
+        model.members[i] = wrapped
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -770,7 +808,8 @@ def _train_member(member: nn.Module, model: RewardModel, pairs: Sequence[Mapping
     rng = np.random.default_rng(seed)
     steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
     total = steps_per_epoch * config.epochs
-    optimizer = torch.optim.AdamW(member.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    trainable = [p for p in member.parameters() if p.requires_grad]  # a random prior stays as it was drawn
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total))
     dtype = resolve_dtype(config.dtype)
     scaler = make_grad_scaler(device, dtype)
@@ -796,7 +835,7 @@ def _train_member(member: nn.Module, model: RewardModel, pairs: Sequence[Mapping
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             if config.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(member.parameters(), config.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
@@ -866,6 +905,8 @@ def train_reward_model(
     members = [_new_member(backbone, config, tokenizer.pad_token_id, config.seed + 1000 * i)
                for i in range(config.ensemble_size)]
     model = RewardModel(members, tokenizer, max_length=config.max_length).to(device)
+    if config.prior_scale > 0:
+        _with_priors(model, config, train_pairs[:512], max(2 * config.batch_size, 64))
 
     steps = math.ceil(len(train_pairs) / config.batch_size) * config.epochs * config.ensemble_size
     start = time.perf_counter()
@@ -894,8 +935,8 @@ def train_reward_model(
 
     # Reward statistics of training completions: the default calibration of the learned-rm provider.
     calib = train_pairs[:512]
-    mean, _ = model.score_texts([p["prompt"] for p in calib] * 2,
-                                [p["chosen"] for p in calib] + [p["rejected"] for p in calib], batch)
+    mean, spread = model.score_texts([p["prompt"] for p in calib] * 2,
+                                     [p["chosen"] for p in calib] + [p["rejected"] for p in calib], batch)
     model.card = {
         "config": config_to_dict(config),
         "backbone": config.backbone,
@@ -904,7 +945,7 @@ def train_reward_model(
                  "ties": sum(1 for p in train_pairs if p["label"] == 0.5),
                  "source": str(data) if isinstance(data, (str, os.PathLike)) else type(data).__name__},
         "calibration": {"mean": float(mean.mean()), "std": float(mean.std()) if len(mean) > 1 else 1.0,
-                        "count": len(mean)},
+                        "count": len(mean), "member_std": float(spread.mean())},
         "created_at": _utc_now(),
     }
     if out_dir is not None:
