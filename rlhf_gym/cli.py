@@ -24,7 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plugins": ("rlhf_gym.cli", "List the registered reward providers, algorithms, trackers, user simulators and "
                 "environments."),
     "label": ("rlhf_gym.live.cli", "Answer preference queries as a live human (terminal or --web page)."),
-    "train-rm": ("rlhf_gym.reward_model", "Train a reward model on a preference store or TRL-format file."),
+    "train-rm": ("rlhf_gym.rm_training", "Train a reward model on a preference store or TRL-format file."),
     "eval": ("rlhf_gym.evaluate", "Score saved policies with a reward provider; compare two by win rate."),
     "frontier": ("rlhf_gym.frontier", "Sweep the KL coefficient β and draw the reward–KL frontier (CSV + PNG)."),
 }
