@@ -25,6 +25,8 @@ from rlhf_gym.algorithm import Algorithm, AlgorithmConfig
 from rlhf_gym.config import hp
 from rlhf_gym.distributed import data_parallel as dp
 from rlhf_gym.errors import ConfigError
+from rlhf_gym.kl import make_kl_controller
+from rlhf_gym.online import KL_BUDGET, KL_HORIZON, KL_RELAX
 
 
 @dataclass
@@ -38,7 +40,13 @@ class SB3Config(AlgorithmConfig):
     ent_coef: float = hp(0.0, "weight of the entropy bonus")
     vf_coef: float = hp(0.5, "weight of the value loss")
     normalize_advantage: bool = hp(True, "standardise advantages over each (mini)batch")
-    beta: float = hp(0.05, "per-token KL penalty coefficient β against the frozen initial policy (0: no reference)")
+    beta: float = hp(0.05, "initial per-token KL penalty coefficient β against the frozen initial policy; the "
+                           "controller then holds the KL near kl_target (0: no penalty, no reference, no budget)")
+    kl_target: float | None = hp(KL_BUDGET, "KL budget: the KL to the reference per episode (nats) the adaptive "
+                                            "controller steers β towards, updated after each rollout (None: β fixed)")
+    kl_horizon: int = hp(KL_HORIZON, "adaptive KL control horizon, in episodes")
+    kl_relax: float = hp(KL_RELAX, "adaptive KL control: how fast β may fall under the budget, as a fraction of "
+                                   "how fast it may rise above it (1: Ziegler's symmetric rule)")
     vectorization: str = hp("native", "'native' (rlhf_gym's batched vector env) or 'dummy' (SB3's DummyVecEnv)")
 
 
@@ -150,7 +158,9 @@ class SB3Algorithm(Algorithm):
         self.optimizer = self.model.policy.optimizer
         # The reference is the policy as it is now (before any update); skipped entirely when β = 0.
         self.reference = self.policy.reference() if cfg.beta > 0 else None
-        self.kl_callback = KLPenaltyCallback(cfg.beta, reference=self.reference)
+        # β follows the KL budget after each rollout; the base class checkpoints kl_ctl like the native algorithms'
+        self.kl_ctl = make_kl_controller(cfg.beta, cfg.kl_target, cfg.kl_horizon, cfg.kl_relax)
+        self.kl_callback = KLPenaltyCallback(cfg.beta, reference=self.reference, controller=self.kl_ctl)
         self.metrics_callback = MetricsCallback()
 
     def train_step(self) -> dict[str, float]:

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from rlhf_gym.devices import autocast, resolve_dtype
 from rlhf_gym.errors import ConfigError
+from rlhf_gym.kl import KLController
 from rlhf_gym.policy import Policy, ReferenceModel, _split_lm, position_ids_from_mask
 
 #: SB3's training metrics under the native algorithms' names (TRL's where one exists)
@@ -314,20 +315,34 @@ class KLPenaltyCallback(BaseCallback):
     transition, so returns and advantages include it. Each finished episode's summed KL is put in its ``info``
     under ``"kl"``, where :class:`MetricsCallback` (listed after this one) reports it as ``objective/kl``.
 
+    With a ``controller`` (:func:`rlhf_gym.kl.make_kl_controller` with a ``target``), β follows the KL budget as
+    in the native algorithms: at the end of each rollout the mean summed KL of the episodes that finished in it
+    updates the controller, and the next rollout is penalised with its new β.
+
     Args:
-        beta: the KL coefficient β (0 disables the penalty and builds no reference).
+        beta: the KL coefficient β (0 disables the penalty and builds no reference); with a ``controller``, ignored
+            in favour of the controller's value.
         reference: a :class:`~rlhf_gym.policy.ReferenceModel`; default: a frozen copy of the policy's LM as it is
             when training starts (for a LoRA policy, the base with the adapter off: no copy).
         verbose: SB3 verbosity.
+        controller: a :class:`~rlhf_gym.kl.KLController` that steers β (None: β stays fixed).
     """
 
-    def __init__(self, beta: float = 0.05, reference: ReferenceModel | None = None, verbose: int = 0) -> None:
+    def __init__(self, beta: float = 0.05, reference: ReferenceModel | None = None, verbose: int = 0,
+                 controller: KLController | None = None) -> None:
         super().__init__(verbose)
         if not beta >= 0:
             raise ConfigError(f"beta must be >= 0, got {beta}")
-        self.beta = float(beta)
+        self.controller = controller
+        self._beta = float(beta)
         self.reference = reference
         self._episode_kl: np.ndarray | None = None
+        self._finished_kl: list[float] = []
+
+    @property
+    def beta(self) -> float:
+        """The β the next step is penalised with (the controller's, when one steers it)."""
+        return float(self.controller.value) if self.controller is not None else self._beta
 
     def _init_callback(self) -> None:
         if self.reference is None and self.beta > 0:
@@ -357,8 +372,14 @@ class KLPenaltyCallback(BaseCallback):
         for i in np.flatnonzero(self.locals["dones"]):
             self.locals["infos"][i]["kl"] = float(self._episode_kl[i])
             self.locals["infos"][i]["beta"] = self.beta
+            self._finished_kl.append(float(self._episode_kl[i]))
             self._episode_kl[i] = 0.0
         return True
+
+    def _on_rollout_end(self) -> None:
+        finished, self._finished_kl = self._finished_kl, []
+        if self.controller is not None and self.beta > 0 and finished:
+            self.controller.update(float(np.mean(finished)), len(finished))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from rlhf_gym.errors import ConfigError
 
 #: ``--ray`` given without an address: start a Ray cluster on this machine
 LOCAL_RAY = "local"
+#: β of the penalised side of the demo's `--beta 0` comparison, for an algorithm whose config has no β default
+DEMO_BETA = 0.05
 
 
 @dataclass
@@ -413,7 +415,7 @@ def kl_setting(config: Any) -> str:
 def train_once(opts: RunOptions, run_dir: Path, policy: Any, env: Any, progress: bool, beta: float | None = None,
                label: str = "") -> dict[str, Any]:
     """One RL run from ``policy`` (left untouched: a copy is trained); returns before/after evaluations. ``beta``
-    given overrides the config's (``None``: the algorithm's defaults, KL budget included)."""
+    given overrides the config's."""
     import copy
 
     from rlhf_gym.plugins import make_algorithm
@@ -590,10 +592,13 @@ def run(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     runs: list[tuple[str, dict[str, Any]]] = []
     # `--beta 0` on the command line asks for the side-by-side demo; β = 0 from a config file is one plain run.
     compare_beta = demo and getattr(args, "beta", None) == 0.0
-    if compare_beta:
-        for beta, name in ((None, f"{opts.algo} KL budget"), (0.0, f"{opts.algo} β=0 (no KL penalty)")):
-            sub = run_dir / ("kl-budget" if beta is None else f"beta-{beta:g}")
-            runs.append((name, train_once(opts, sub, policy, env, progress, beta=beta, label=f" [{name}]")))
+    if compare_beta:  # the algorithm's own β and KL budget beside β = 0
+        import dataclasses
+
+        default_beta = {f.name: f.default for f in dataclasses.fields(algo_cls.Config)}.get("beta", DEMO_BETA)
+        for beta, side, name in ((default_beta, "kl-budget", f"{opts.algo} KL budget"),
+                                 (0.0, "beta-0", f"{opts.algo} β=0 (no KL penalty)")):
+            runs.append((name, train_once(opts, run_dir / side, policy, env, progress, beta=beta, label=f" [{name}]")))
     else:
         runs.append((f"after {opts.algo}", train_once(opts, run_dir, policy, env, progress)))
     if not _writer():

@@ -321,6 +321,27 @@ def test_make_algorithm_sb3_ppo_trains_and_checkpoint_round_trips(random_model_p
     assert loaded.num_updates == 3
 
 
+def test_sb3_beta_follows_the_kl_budget_and_resumes_where_it_was(random_model_path, tmp_path):
+    from rlhf_gym.kl import AdaptiveKLController, FixedKLController
+
+    env = gym.make("rlhf_gym/TextGen-v0", **env_kwargs(random_model_path))
+    # a tiny budget and a fast controller on a learning rate that drifts: every rollout's KL is over budget
+    algo = rlhf_gym.make_algorithm("sb3-ppo", env=env, policy=random_model_path, n_envs=4, n_steps=8,
+                                   batch_size=16, n_epochs=2, learning_rate=1e-2, beta=0.1, kl_target=1e-3,
+                                   kl_horizon=4, seed=0)
+    assert isinstance(algo.kl_ctl, AdaptiveKLController) and algo.kl_callback.beta == 0.1
+    algo.learn(3, progress_bar=False)
+    beta = algo.kl_ctl.value
+    assert beta > 0.1 and algo.kl_callback.beta == beta  # the callback penalises with the controller's β
+    algo.save(tmp_path / "ckpt")
+    loaded = algorithm_class("sb3-ppo").load(tmp_path / "ckpt", env=env)
+    assert loaded.kl_ctl.value == pytest.approx(beta) and loaded.kl_callback.beta == pytest.approx(beta)
+    fixed = rlhf_gym.make_algorithm("sb3-ppo", env=env, policy=random_model_path, n_envs=4, n_steps=8,
+                                    batch_size=16, n_epochs=2, learning_rate=1e-2, beta=0.1, kl_target=None)
+    fixed.learn(2, progress_bar=False)
+    assert isinstance(fixed.kl_ctl, FixedKLController) and fixed.kl_callback.beta == 0.1
+
+
 def AutoLM(path: str) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
