@@ -75,13 +75,16 @@ def _verify_store(data: Any) -> None:
             store.verify()
 
 
-def load_preference_pairs(data: Any, include_ties: bool = True, tokenizer: Any = None) -> list[dict[str, Any]]:
+def load_preference_pairs(data: Any, include_ties: bool = True, tokenizer: Any = None, *,
+                          verify: bool = True) -> list[dict[str, Any]]:
     """Normalise any supported source to a list of ``{"prompt", "chosen", "rejected", "margin", "label"}``.
 
     Args:
         data: a list of dicts in TRL's columns, a ``datasets.Dataset``, a preference store object, or a path to a
             store (``.sqlite``/``.db``) or a TRL-format file (``.jsonl``, ``.json``, ``.parquet``).
         include_ties: keep pairs whose ``label`` is 0.5.
+        verify: check a store given by path whole (integrity and row checksums) before reading it; ``False`` only
+            when the caller has just checked it (``train_reward_model`` does so once, before loading a model).
 
     Raises:
         PreferenceStoreError: a file in the wrong format (the message names the missing columns).
@@ -97,7 +100,8 @@ def load_preference_pairs(data: Any, include_ties: bool = True, tokenizer: Any =
             if not path.is_file():
                 raise RewardModelError(f"preference store {str(path)!r} does not exist")
             with PreferenceStore(path) as store:
-                store.verify()  # never train on a damaged store: a bad page can hide pairs from a read that works
+                if verify:  # never train on a damaged store: a bad page can hide pairs from a read that works
+                    store.verify()
                 rows = store.pairs(include_ties=include_ties)
         elif suffix in FILE_SUFFIXES:
             rows = _pairs_from_file(path, include_ties)

@@ -212,7 +212,7 @@ def train_reward_model(
     backbone = _resolve_backbone(config.backbone)
     _verify_store(data)  # a damaged store is the first thing to hear about, before any model is loaded
     tokenizer = _load_tokenizer(Path(backbone), "backbone")
-    pairs = load_preference_pairs(data, include_ties=config.include_ties, tokenizer=tokenizer)
+    pairs = load_preference_pairs(data, include_ties=config.include_ties, tokenizer=tokenizer, verify=False)
     if eval_data is not None:
         train_pairs, eval_pairs = pairs, load_preference_pairs(eval_data, include_ties=config.include_ties,
                                                                tokenizer=tokenizer)

@@ -403,15 +403,20 @@ def test_learned_rm_rejects_unknown_normalisation(ensemble) -> None:
 # -- data sources and the command line ------------------------------------------------------------------------------
 
 
-def test_trains_from_a_preference_store(backbone: str, tmp_path: Path) -> None:
+def test_trains_from_a_preference_store(backbone: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with PreferenceStore(tmp_path / "prefs.db") as store:
         store.import_records(FEW_PAIRS[:4] + [{"prompt": "The end", "chosen": " was fine.",
                                                "rejected": " was fine!", "label": 0.5}])
         pairs = load_preference_pairs(store)
     assert len(pairs) == 5 and sorted(p["label"] for p in pairs)[0] == 0.5
+    checks = []
+    verify = PreferenceStore.verify
+    monkeypatch.setattr(PreferenceStore, "verify", lambda self: checks.append(1) or verify(self))
     _, metrics = train_reward_model(tmp_path / "prefs.db", {"backbone": backbone, "epochs": 1,
                                                             "eval_fraction": 0.0}, progress=False)
     assert metrics["num_train_pairs"] == 5
+    assert len(checks) == 1  # the store is checked whole once, before any model is loaded, not again to read it
+    assert len(load_preference_pairs(tmp_path / "prefs.db")) == 5 and len(checks) == 2  # a plain load checks too
 
 
 def test_train_rm_command_trains_saves_and_reports_accuracy(backbone: str, tmp_path: Path, capsys) -> None:
