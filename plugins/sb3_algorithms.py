@@ -21,17 +21,17 @@ from typing import Any, ClassVar
 import torch
 
 import rlhf_gym
-from rlhf_gym.algorithm import Algorithm, AlgorithmConfig
+from rlhf_gym.algorithm import Algorithm
 from rlhf_gym.config import hp
 from rlhf_gym.distributed import data_parallel as dp
 from rlhf_gym.errors import ConfigError
-from rlhf_gym.kl import make_kl_controller
-from rlhf_gym.online import KL_BUDGET, KL_HORIZON, KL_RELAX
+from rlhf_gym.online import KLBudgetConfig
 
 
 @dataclass
-class SB3Config(AlgorithmConfig):
-    """Hyper-parameters shared by the SB3 on-policy algorithms."""
+class SB3Config(KLBudgetConfig):
+    """Hyper-parameters shared by the SB3 on-policy algorithms (β, a per-token penalty, follows the KL budget after
+    each rollout)."""
 
     n_envs: int = hp(16, "episodes generated side by side (SB3's n_envs)")
     n_steps: int = hp(16, "tokens each episode stream generates per update (SB3's n_steps)")
@@ -40,13 +40,6 @@ class SB3Config(AlgorithmConfig):
     ent_coef: float = hp(0.0, "weight of the entropy bonus")
     vf_coef: float = hp(0.5, "weight of the value loss")
     normalize_advantage: bool = hp(True, "standardise advantages over each (mini)batch")
-    beta: float = hp(0.05, "initial per-token KL penalty coefficient β against the frozen initial policy; the "
-                           "controller then holds the KL near kl_target (0: no penalty, no reference, no budget)")
-    kl_target: float | None = hp(KL_BUDGET, "KL budget: the KL to the reference per episode (nats) the adaptive "
-                                            "controller steers β towards, updated after each rollout (None: β fixed)")
-    kl_horizon: int = hp(KL_HORIZON, "adaptive KL control horizon, in episodes")
-    kl_relax: float = hp(KL_RELAX, "adaptive KL control: how fast β may fall under the budget, as a fraction of "
-                                   "how fast it may rise above it (1: Ziegler's symmetric rule)")
     vectorization: str = hp("native", "'native' (rlhf_gym's batched vector env) or 'dummy' (SB3's DummyVecEnv)")
 
 
@@ -159,7 +152,7 @@ class SB3Algorithm(Algorithm):
         # The reference is the policy as it is now (before any update); skipped entirely when β = 0.
         self.reference = self.policy.reference() if cfg.beta > 0 else None
         # β follows the KL budget after each rollout; the base class checkpoints kl_ctl like the native algorithms'
-        self.kl_ctl = make_kl_controller(cfg.beta, cfg.kl_target, cfg.kl_horizon, cfg.kl_relax)
+        self.kl_ctl = cfg.kl_controller()
         self.kl_callback = KLPenaltyCallback(cfg.beta, reference=self.reference, controller=self.kl_ctl)
         self.metrics_callback = MetricsCallback()
 

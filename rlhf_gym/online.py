@@ -38,7 +38,7 @@ from rlhf_gym.config import hp
 from rlhf_gym.distributed import data_parallel as dp
 from rlhf_gym.episodes import EpisodeRollout
 from rlhf_gym.errors import ConfigError
-from rlhf_gym.kl import kl_estimate, make_kl_controller
+from rlhf_gym.kl import KLController, kl_estimate, make_kl_controller
 from rlhf_gym.rollout import Rollout, make_rollout_source
 
 #: default KL budget of every online algorithm, in nats per sample (sequence, or conversation on multi-turn envs)
@@ -50,19 +50,31 @@ KL_RELAX = 0.25
 
 
 @dataclass
-class OnlineConfig(AlgorithmConfig):
-    """Hyper-parameters of algorithms that sample from the policy while training."""
+class KLBudgetConfig(AlgorithmConfig):
+    """The KL penalty and the budget that steers it: the fields every online algorithm shares with the SB3 adapters.
 
-    num_prompts: int = hp(16, "distinct prompts sampled per update")
-    group_size: int = hp(1, "completions sampled per prompt")
+    A sample is a completion (a conversation on multi-turn envs, an episode for SB3)."""
+
     beta: float = hp(0.05, "initial KL coefficient β against the frozen reference; the controller then holds the KL "
-                           "near kl_target (0: no penalty and no budget; kl_monitor still logs the KL)")
+                           "near kl_target (0: no penalty and no budget)")
     kl_target: float | None = hp(KL_BUDGET, "KL budget: the KL to the reference per sample (nats, summed over its "
                                             "tokens) the adaptive controller steers β towards (None: β stays fixed)")
     kl_horizon: int = hp(KL_HORIZON, "adaptive KL control horizon, in samples: the smaller, the faster β moves "
                                      "(up by at most 20% × batch/horizon per update)")
     kl_relax: float = hp(KL_RELAX, "adaptive KL control: how fast β may fall while the KL is under the budget, as a "
                                    "fraction of how fast it may rise above it (1: Ziegler's symmetric rule)")
+
+    def kl_controller(self, beta: float | None = None) -> KLController:
+        """The controller these fields describe, starting from ``beta`` (default: the configured β)."""
+        return make_kl_controller(self.beta if beta is None else beta, self.kl_target, self.kl_horizon, self.kl_relax)
+
+
+@dataclass
+class OnlineConfig(KLBudgetConfig):
+    """Hyper-parameters of algorithms that sample from the policy while training."""
+
+    num_prompts: int = hp(16, "distinct prompts sampled per update")
+    group_size: int = hp(1, "completions sampled per prompt")
     kl_estimator: str = hp("k1", "per-token KL estimator in the penalty and in objective/kl: k1, k2 or k3")
     kl_monitor: str = hp(
         "reference", "with beta=0, how objective/kl is still measured against the starting policy: 'reference' "
@@ -135,7 +147,7 @@ class OnlineAlgorithm(Algorithm):
     def setup(self) -> None:
         cfg = self.config
         self.rollouts = self._rollout_worker(cfg.seed)
-        self.kl_ctl = make_kl_controller(cfg.beta, cfg.kl_target, cfg.kl_horizon, cfg.kl_relax)
+        self.kl_ctl = cfg.kl_controller()
         # The reference is a frozen copy of the policy as it is now. With β = 0 no penalty needs it, but the KL to
         # the starting policy is still measured (kl_monitor) against the same copy, never reported as a fake 0.
         self.kl_monitor_every = parse_kl_monitor(cfg.kl_monitor)
@@ -335,7 +347,7 @@ class OnlineAlgorithm(Algorithm):
             cfg = self.config
             # A new β starts from the value given; a new target or horizon continues from the current β.
             beta = cfg.beta if "beta" in changed or cfg.beta == 0 else self.kl_ctl.value
-            self.kl_ctl = make_kl_controller(beta, cfg.kl_target, cfg.kl_horizon, cfg.kl_relax)
+            self.kl_ctl = cfg.kl_controller(beta)
 
 
 def _mean_extra(extras: dict[str, list[Any]], key: str) -> float | None:

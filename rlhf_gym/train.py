@@ -402,7 +402,8 @@ def make_env(opts: RunOptions, policy: Any, prompts: Any, reward: Any = None):
 
 
 def kl_setting(config: Any) -> str:
-    """How a run holds its KL, in words: ``β=0.05, KL budget 2 nats``, ``β=0.05 fixed``, ``β=0`` or ``no β``."""
+    """How a run holds its KL, in words: ``β from 0.05, KL budget 2 nats``, ``β=0.05 fixed``, ``β=0: no KL penalty``
+    or ``no β``."""
     beta = getattr(config, "beta", None)
     if beta is None:
         return "no β"
