@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from rlhf_gym.errors import ConfigError, RLHFGymError
+from rlhf_gym.live.serving import ThreadedPageServer
 
 END_COMMANDS = ("", "/end")
 MAX_REQUEST_BYTES = 64 * 1024
@@ -175,7 +176,7 @@ def create_chat_app(queue: ChatQueue, *, token: str) -> Any:
     return app
 
 
-class WebChatServer:
+class WebChatServer(ThreadedPageServer):
     """Serve the chat page on ``host:port`` (port 0: any free port) in a background thread.
 
     Example::
@@ -185,6 +186,8 @@ class WebChatServer:
         replies = server.ask(conversations, timeout_s=600)  # blocks until the person answered each
         server.stop()
     """
+
+    thread_name = "rlhf-gym-chat-web"
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None):
         from werkzeug.serving import make_server
@@ -201,28 +204,8 @@ class WebChatServer:
             raise ConfigError(f"cannot serve the chat page on {self.host}:{port} ({exc}); pick another port "
                               f"(0 picks a free one)") from None
         self.port = int(self._server.server_port)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        """The page's address, token included."""
-        return f"http://{self.host}:{self.port}/?token={self.token}"
-
-    def start(self) -> WebChatServer:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, name="rlhf-gym-chat-web",
-                                            daemon=True)
-            self._thread.start()
-        return self
 
     def ask(self, conversations: Sequence[Sequence[dict[str, str]]],
             timeout_s: float | None = None) -> list[str | None]:
         """Put ``conversations`` on the page and wait for the replies (``None``: ended or timed out)."""
         return self.queue.wait(self.queue.submit(conversations), timeout_s)
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._server.server_close()

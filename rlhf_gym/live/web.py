@@ -33,7 +33,6 @@ import random
 import re
 import secrets
 import socket
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from rlhf_gym.errors import ConfigError
+from rlhf_gym.live.serving import ThreadedPageServer
 from rlhf_gym.live.visible import visible
 from rlhf_gym.preference_store import (
     AlreadyAnsweredError,
@@ -326,7 +326,7 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-class WebLabelServer:
+class WebLabelServer(ThreadedPageServer):
     """Serve the labelling page for ``store`` on ``host:port`` (port 0: any free port) in a background thread.
 
     Raises :class:`ConfigError` when the port is taken (the message names it and the ``--port`` option).
@@ -338,6 +338,8 @@ class WebLabelServer:
         ...
         server.stop()
     """
+
+    thread_name = "rlhf-gym-label-web"
 
     def __init__(self, store: PreferenceBackend, *, annotator: str, host: str = "127.0.0.1", port: int = 0,
                  token: str | None = None, kind: str | None = None):
@@ -351,29 +353,4 @@ class WebLabelServer:
                                                        fd=sock.fileno())
         finally:
             sock.close()  # the server holds its own duplicate of the socket
-        self._thread: threading.Thread | None = None
 
-    @property
-    def url(self) -> str:
-        """The page's address, token included."""
-        return f"http://{self.host}:{self.port}/?token={self.token}"
-
-    def start(self) -> WebLabelServer:
-        """Start serving in a daemon thread; returns ``self``."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, name="rlhf-gym-label-web",
-                                            daemon=True)
-            self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        """Serve in this thread until interrupted (Ctrl-C) or :meth:`stop` is called from another thread."""
-        self._server.serve_forever()
-
-    def stop(self) -> None:
-        """Stop serving and free the port."""
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._server.server_close()
