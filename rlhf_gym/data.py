@@ -140,7 +140,8 @@ def _left_padded(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
-def _right_padded(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def right_padded(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows as one right-padded ``(ids, mask)`` pair of int64 ``(N, longest row)`` tensors."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -226,7 +227,7 @@ def load_sft_data(source: Any, policy: Any, *, max_prompt_tokens: int, max_compl
     start = start if start is not None else policy.eos_token_id
     prompts = [p or [start] for p in prompts]  # an assistant-first conversation conditions on BOS
     prompt_ids, prompt_mask = _left_padded(prompts, policy.pad_token_id)
-    completion_ids, completion_mask = _right_padded(completions, policy.pad_token_id)
+    completion_ids, completion_mask = right_padded(completions, policy.pad_token_id)
     loss_mask = torch.zeros_like(completion_mask)
     for i, flags in enumerate(learned):
         loss_mask[i, : len(flags)] = torch.tensor(flags, dtype=torch.long)
@@ -292,13 +293,7 @@ def tokenize_completions(tokenizer: Any, texts: Sequence[str], max_tokens: int, 
         if add_eos and eos_token_id is not None:
             ids = ids[: max_tokens - 1] + [eos_token_id]
         rows.append(ids[:max_tokens] or ([eos_token_id] if eos_token_id is not None else [pad_token_id]))
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return out, mask
+    return right_padded(rows, pad_token_id)
 
 
 class ShuffledIndices:

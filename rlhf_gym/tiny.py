@@ -635,14 +635,9 @@ def _review_texts(rows: Sequence[dict[str, str]], eos: str = EOS_TOKEN) -> list[
 
 def _padded_batch(sequences: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ``(input_ids, attention_mask, labels)``; labels are -100 on padding."""
-    import torch
+    from rlhf_gym.data import right_padded
 
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
+    ids, mask = right_padded(sequences, pad_id)
     labels = ids.masked_fill(mask == 0, -100)
     return ids, mask, labels
 
