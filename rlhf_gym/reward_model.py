@@ -572,7 +572,14 @@ def _with_priors(model: RewardModel, config: RewardModelConfig, texts: Sequence[
 
 # Pair loading and training live in rlhf_gym.rm_data and rlhf_gym.rm_training; their public names stay importable
 # from here (imported on first use, as those modules import this one).
-_MOVED = {"load_preference_pairs": "rlhf_gym.rm_data", "configure_parser": "rlhf_gym.rm_training", "evaluate_pairs": "rlhf_gym.rm_training", "minilm_backbone_path": "rlhf_gym.rm_training", "run": "rlhf_gym.rm_training", "train_reward_model": "rlhf_gym.rm_training"}
+_MOVED = {
+    "load_preference_pairs": "rlhf_gym.rm_data",
+    "configure_parser": "rlhf_gym.rm_training",
+    "evaluate_pairs": "rlhf_gym.rm_training",
+    "minilm_backbone_path": "rlhf_gym.rm_training",
+    "run": "rlhf_gym.rm_training",
+    "train_reward_model": "rlhf_gym.rm_training",
+}
 
 
 def __getattr__(name: str) -> Any:
